@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` and `make test`. Both build .venv from requirements/.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-all bench lint doctor clean
+
+venv: $(STAMP)
+
+# Two phases: the pinned stack, then the OD API and TF Model Garden without their declared deps.
+$(STAMP): requirements/runtime.txt requirements/nodeps.txt requirements/dev.txt setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements/runtime.txt -r requirements/dev.txt
+	$(PIP) install -q --no-deps -r requirements/nodeps.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(BIN)/tfod-doctor --quiet
+	touch $@
+
+demo: venv
+	$(BIN)/python -m tfod.demo
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: venv
+	$(BIN)/ruff check tfod tools tests bench
+
+doctor: venv
+	$(BIN)/tfod-doctor
+
+clean:
+	rm -rf $(VENV) build *.egg-info

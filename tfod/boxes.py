@@ -1,0 +1,120 @@
+"""The one place that knows box formats; every conversion in tfod goes through here.
+
+Three formats meet in this project, all as float arrays of shape ``(..., 4)``:
+
+* ``xywh``  -- pixels of the original image, top-left corner plus size: ``x, y, width,
+  height``. The official labels, detections and submission CSVs use it.
+* ``yxyx``  -- normalized to [0, 1]: ``ymin, xmin, ymax, xmax``. The OD API's records,
+  tensors and exported models use it.
+* ``xyxy``  -- normalized to [0, 1]: ``x1, y1, x2, y2``. The ensemble-boxes library uses it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+def _as_boxes(boxes) -> np.ndarray:
+    array = np.asarray(boxes, dtype=np.float64)
+    if array.size == 0:
+        return array.reshape(array.shape[:-1] + (4,) if array.ndim >= 2 else (0, 4))
+    if array.shape[-1] != 4:
+        raise ValueError(f"boxes must have 4 coordinates in the last axis, got shape {array.shape}")
+    return array
+
+
+def xywh_to_yxyx(boxes, width: float, height: float) -> np.ndarray:
+    """Pixel ``x, y, w, h`` -> normalized ``ymin, xmin, ymax, xmax``."""
+    b = _as_boxes(boxes)
+    x, y, w, h = np.moveaxis(b, -1, 0)
+    return np.stack([y / height, x / width, (y + h) / height, (x + w) / width], axis=-1)
+
+
+def yxyx_to_xywh(boxes, width: float, height: float) -> np.ndarray:
+    """Normalized ``ymin, xmin, ymax, xmax`` -> pixel ``x, y, w, h``."""
+    b = _as_boxes(boxes)
+    ymin, xmin, ymax, xmax = np.moveaxis(b, -1, 0)
+    return np.stack(
+        [xmin * width, ymin * height, (xmax - xmin) * width, (ymax - ymin) * height], axis=-1
+    )
+
+
+def yxyx_to_xyxy(boxes) -> np.ndarray:
+    """Normalized OD API ``ymin, xmin, ymax, xmax`` -> ensemble-boxes ``x1, y1, x2, y2``."""
+    return _as_boxes(boxes)[..., [1, 0, 3, 2]]
+
+
+def xyxy_to_yxyx(boxes) -> np.ndarray:
+    """Ensemble-boxes ``x1, y1, x2, y2`` -> normalized OD API ``ymin, xmin, ymax, xmax``."""
+    return _as_boxes(boxes)[..., [1, 0, 3, 2]]
+
+
+def xywh_to_xyxy(boxes, width: float, height: float) -> np.ndarray:
+    """Pixel ``x, y, w, h`` -> normalized ensemble-boxes ``x1, y1, x2, y2``."""
+    return yxyx_to_xyxy(xywh_to_yxyx(boxes, width, height))
+
+
+def xyxy_to_xywh(boxes, width: float, height: float) -> np.ndarray:
+    """Normalized ensemble-boxes ``x1, y1, x2, y2`` -> pixel ``x, y, w, h``."""
+    return yxyx_to_xywh(xyxy_to_yxyx(boxes), width, height)
+
+
+def corners(boxes_xywh) -> np.ndarray:
+    """Pixel ``x, y, w, h`` -> pixel corners ``x1, y1, x2, y2``."""
+    b = _as_boxes(boxes_xywh)
+    return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
+
+
+def from_corners(boxes_xyxy) -> np.ndarray:
+    """Pixel corners ``x1, y1, x2, y2`` -> pixel ``x, y, w, h``."""
+    b = _as_boxes(boxes_xyxy)
+    return np.concatenate([b[..., :2], b[..., 2:] - b[..., :2]], axis=-1)
+
+
+def scale_xywh(boxes, factor: float) -> np.ndarray:
+    """Scale pixel ``x, y, w, h`` boxes about their centres by ``factor``."""
+    b = _as_boxes(boxes)
+    centre = b[..., :2] + b[..., 2:] / 2
+    size = b[..., 2:] * factor
+    return np.concatenate([centre - size / 2, size], axis=-1)
+
+
+def resize_xywh(boxes, scale_x: float, scale_y: float) -> np.ndarray:
+    """Pixel ``x, y, w, h`` boxes of an image resized by ``scale_x``, ``scale_y``."""
+    return _as_boxes(boxes) * np.array([scale_x, scale_y, scale_x, scale_y])
+
+
+class Clipped(NamedTuple):
+    """Result of :func:`clip_xywh`: the clipped boxes and what happened to each input box."""
+
+    boxes: np.ndarray  # the boxes kept, clipped to the image
+    clipped: np.ndarray  # bool per input box: partly outside, so clipped
+    outside: np.ndarray  # bool per input box: wholly outside (or empty after clipping), dropped
+
+
+def clip_xywh(boxes, width: float, height: float) -> Clipped:
+    """Clip pixel ``x, y, w, h`` boxes to a ``width`` x ``height`` image."""
+    xyxy = corners(boxes)
+    limits = np.array([width, height, width, height], dtype=np.float64)
+    inside = np.clip(xyxy, 0, limits)
+    outside = (inside[:, 2] <= inside[:, 0]) | (inside[:, 3] <= inside[:, 1])
+    clipped = ~outside & np.any(inside != xyxy, axis=1)
+    return Clipped(from_corners(inside[~outside]), clipped, outside)
+
+
+def pairwise_iou_xywh(a, b) -> np.ndarray:
+    """IoU of every box in ``a`` (..., N, 4) with every box in ``b`` (..., M, 4): (..., N, M).
+
+    Leading dimensions broadcast, so padded batches of images are compared at once.
+    Boxes of zero area have IoU 0 with everything.
+    """
+    ca, cb = corners(a)[..., :, None, :], corners(b)[..., None, :, :]
+    iw = np.clip(np.minimum(ca[..., 2], cb[..., 2]) - np.maximum(ca[..., 0], cb[..., 0]), 0, None)
+    ih = np.clip(np.minimum(ca[..., 3], cb[..., 3]) - np.maximum(ca[..., 1], cb[..., 1]), 0, None)
+    intersection = iw * ih
+    area_a = (ca[..., 2] - ca[..., 0]) * (ca[..., 3] - ca[..., 1])
+    area_b = (cb[..., 2] - cb[..., 0]) * (cb[..., 3] - cb[..., 1])
+    union = area_a + area_b - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, intersection / np.where(union > 0, union, 1), 0.0)

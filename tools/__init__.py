@@ -1,0 +1,1 @@
+"""Thin absl-flag command-line scripts: each parses flags and calls one tfod function."""
