@@ -1,4 +1,5 @@
 """tfod: RSNA pneumonia detection on the TensorFlow 2 Object Detection API."""
+
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -13,6 +14,10 @@ def read_requirements(name):
 
 CONSOLE_SCRIPTS = {
     "tfod-doctor": "tools.doctor",
+    "tfod-convert": "tools.convert_rsna",
+    "tfod-evaluate": "tools.evaluate",
+    "tfod-config": "tools.make_config",
+    "tfod-train": "tools.train",
 }
 
 setup(

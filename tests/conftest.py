@@ -1,4 +1,5 @@
 """Shared test fixtures: paths to the real RSNA data in ../shared/data."""
+
 from pathlib import Path
 
 import pytest

@@ -3,4 +3,5 @@
 One module per stage; see README.md for the data flow. Modules that use TensorFlow or the
 OD API import :mod:`tfod.compat` first.
 """
+
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ Three formats meet in this project, all as float arrays of shape ``(..., 4)``:
   tensors and exported models use it.
 * ``xyxy``  -- normalized to [0, 1]: ``x1, y1, x2, y2``. The ensemble-boxes library uses it.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -14,9 +14,11 @@ Fixes, and why:
 * Pillow ``getsize``: pydicom 3 needs Pillow >= 10 to decode the RSNA JPEG DICOMs, but the
   OD API's ``visualization_utils`` (eval images in TensorBoard) calls ``font.getsize``,
   removed in Pillow 10. We put it back, computed from ``getbbox``.
-* TensorFlow >= 2.16 ships Keras 3, which the OD API cannot use: :func:`check_tensorflow`
-  refuses it with a clear message instead of a failure deep inside model building.
+* TensorFlow >= 2.16 ships Keras 3, which the OD API cannot use: importing this module
+  refuses it (:func:`tfod.stack.check_tensorflow`) with a clear message instead of a failure
+  deep inside model building.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,9 +26,7 @@ import importlib
 import numpy as np
 from PIL import ImageFont
 
-MIN_TF = (2, 13)
-MAX_TF_EXCLUSIVE = (2, 16)
-PINNED_TF = "2.15.1"
+from tfod.stack import check_tensorflow
 
 _CONTROL_FLOW_NAMES = {
     "case": ("tensorflow.python.ops.control_flow_case", "case"),
@@ -37,44 +37,14 @@ _CONTROL_FLOW_NAMES = {
 _NUMPY_ALIASES = {"float": float, "int": int, "bool": bool, "object": object, "str": str}
 
 
-class StackError(RuntimeError):
-    """The installed stack cannot run the Object Detection API."""
-
-
-def parse_version(version: str) -> tuple[int, ...]:
-    """'2.15.1' -> (2, 15, 1); stops at the first part that is not a number ('2.16.0rc1')."""
-    parts = []
-    for part in version.split("."):
-        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
-        if not digits:
-            break
-        parts.append(int(digits))
-        if not part.isdigit():
-            break
-    return tuple(parts)
-
-
-def check_tensorflow(version: str) -> None:
-    """Raise :class:`StackError` unless ``version`` is a TensorFlow the OD API runs on."""
-    parsed = parse_version(version)[:2]
-    if parsed >= MAX_TF_EXCLUSIVE:
-        raise StackError(
-            f"TensorFlow {version} is installed, but the Object Detection API needs TensorFlow "
-            f"< 2.16 (2.16 switched to Keras 3). Install the pinned stack: "
-            f"`make venv` or `pip install -r requirements/runtime.txt` (tensorflow=={PINNED_TF})."
-        )
-    if parsed < MIN_TF:
-        raise StackError(
-            f"TensorFlow {version} is older than tfod supports; install tensorflow=={PINNED_TF}."
-        )
-
-
 def _fix_control_flow_ops() -> None:
     from tensorflow.python.ops import control_flow_ops
 
     for name, (module_name, attribute) in _CONTROL_FLOW_NAMES.items():
         if not hasattr(control_flow_ops, name):
-            setattr(control_flow_ops, name, getattr(importlib.import_module(module_name), attribute))
+            setattr(
+                control_flow_ops, name, getattr(importlib.import_module(module_name), attribute)
+            )
 
 
 def _fix_numpy_aliases() -> None:
@@ -99,7 +69,9 @@ def fixes_in_effect() -> dict[str, bool]:
     from tensorflow.python.ops import control_flow_ops
 
     return {
-        "tf-slim control_flow_ops names": all(hasattr(control_flow_ops, n) for n in _CONTROL_FLOW_NAMES),
+        "tf-slim control_flow_ops names": all(
+            hasattr(control_flow_ops, n) for n in _CONTROL_FLOW_NAMES
+        ),
         "numpy np.float/np.int/np.bool": all(name in np.__dict__ for name in _NUMPY_ALIASES),
         "Pillow FreeTypeFont.getsize": hasattr(ImageFont.FreeTypeFont, "getsize"),
     }

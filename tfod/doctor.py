@@ -1,0 +1,131 @@
+"""Checks that this machine can run tfod: library versions, GPUs, Docker, compatibility fixes."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+
+from tfod import stack
+
+
+@dataclass
+class Check:
+    name: str
+    value: str
+    ok: bool = True
+
+
+def _version(module_name: str) -> str:
+    module = importlib.import_module(module_name)
+    return getattr(module, "__version__", "installed")
+
+
+def _distribution(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _shadowing_checks() -> list[Check]:
+    """The OD API installs a top-level `datasets` package; so does Hugging Face: they clash."""
+    if _distribution("datasets") == "not installed":
+        return []
+    return [
+        Check(
+            "datasets",
+            "Hugging Face `datasets` is installed beside the OD API, whose own "
+            "top-level `datasets` package shadows it: use a separate virtualenv",
+            ok=False,
+        )
+    ]
+
+
+def _package_checks() -> list[Check]:
+    checks = [
+        Check(
+            "python", platform.python_version(), platform.python_version_tuple()[:2] == ("3", "11")
+        )
+    ]
+    for label, module in [
+        ("numpy", "numpy"),
+        ("protobuf", "google.protobuf"),
+        ("Pillow", "PIL"),
+        ("pydicom", "pydicom"),
+    ]:
+        try:
+            checks.append(Check(label, _version(module)))
+        except ImportError as error:
+            checks.append(Check(label, f"missing ({error})", ok=False))
+    checks.append(Check("tf-models-official", _distribution("tf-models-official")))
+    return checks
+
+
+def _stack_checks() -> list[Check]:
+    """TensorFlow, the compatibility fixes and the OD API (which only import on a good stack)."""
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        return [Check("tensorflow", f"missing ({error})", ok=False)]
+    checks = [Check("tensorflow", tf.__version__)]
+    try:
+        stack.check_tensorflow(tf.__version__)
+    except stack.StackError as error:
+        checks[0].ok = False
+        checks.append(Check("stack", str(error), ok=False))
+        return checks
+    from tfod import compat
+
+    for fix, active in compat.fixes_in_effect().items():
+        checks.append(Check(f"fix: {fix}", "in effect" if active else "NOT in effect", active))
+    try:
+        from object_detection.builders import model_builder  # noqa: F401
+
+        checks.append(
+            Check("object_detection", f"{_distribution('tf-object-detection-api')} (imports)")
+        )
+    except Exception as error:  # noqa: BLE001 - any failure here means the OD API is unusable
+        checks.append(Check("object_detection", f"import failed: {error!r}", ok=False))
+    gpus = tf.config.list_physical_devices("GPU")
+    checks.append(
+        Check("GPUs visible to TensorFlow", ", ".join(g.name for g in gpus) or "none (CPU only)")
+    )
+    return checks
+
+
+def _docker_checks() -> list[Check]:
+    """Docker is optional: its absence is reported, never a failure."""
+    if not shutil.which("docker"):
+        return [Check("docker", "client not installed (the docker backend is unavailable)")]
+    try:
+        result = subprocess.run(
+            ["docker", "info", "--format", "{{json .Runtimes}}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except subprocess.TimeoutExpired:
+        return [Check("docker", "engine did not answer within 10 s")]
+    if result.returncode != 0:
+        return [Check("docker", "client installed, engine not reachable")]
+    runtimes = json.loads(result.stdout or "{}")
+    nvidia = "nvidia" in runtimes or bool(shutil.which("nvidia-container-runtime"))
+    return [
+        Check("docker", "engine reachable"),
+        Check("NVIDIA container runtime", "available" if nvidia else "not available"),
+    ]
+
+
+def run_checks() -> list[Check]:
+    """Every check, in the order they are printed."""
+    return _package_checks() + _stack_checks() + _shadowing_checks() + _docker_checks()
+
+
+def format_report(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    return "\n".join(f"{'ok ' if c.ok else 'BAD'} {c.name:<{width}}  {c.value}" for c in checks)

@@ -1,0 +1,37 @@
+"""tfod-doctor: print the stack tfod runs on and exit non-zero when it cannot work.
+
+tfod-doctor            # the full table
+tfod-doctor --quiet    # print only problems (used by `make venv`)
+"""
+
+import sys
+
+from absl import app, flags
+
+from tfod import doctor
+
+FLAGS = flags.DEFINE_bool("quiet", False, "Print only the checks that fail.")
+
+
+def main(argv):
+    del argv
+    checks = doctor.run_checks()
+    failed = [c for c in checks if not c.ok]
+    shown = failed if FLAGS.value else checks
+    if shown:
+        print(doctor.format_report(shown))
+    if failed:
+        print(
+            f"\ntfod-doctor: {len(failed)} problem(s); tfod cannot run on this stack.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
