@@ -19,3 +19,21 @@ def sample_dicoms() -> list[Path]:
     paths = sorted(SAMPLE_DICOMS.glob("*.dcm"))
     assert len(paths) == 16, f"expected 16 real DICOMs in {SAMPLE_DICOMS}"
     return paths
+
+
+CONVERTED_SAMPLE_FOLDS = 2
+
+
+@pytest.fixture(scope="session")
+def converted_sample(tmp_path_factory) -> Path:
+    """The 16 real DICOMs converted (official labels + class info, 2 folds, passthrough).
+
+    The folder holds label_map.pbtxt, fold{0,1}-00000-of-00001.tfrecord, folds.csv and
+    manifest.json (its ``skipped`` list names the labelled patients without a DICOM here).
+    """
+    from tfod.convert import convert
+
+    output_dir = tmp_path_factory.mktemp("converted_sample")
+    convert(SAMPLE_DICOMS, output_dir, LABELS_CSV, CLASS_INFO_CSV,
+            num_folds=CONVERTED_SAMPLE_FOLDS, seed=42, workers=1, progress=False)
+    return output_dir

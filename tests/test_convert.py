@@ -1,0 +1,308 @@
+"""The Convert stage end to end: real DICOMs in, records read back with the OD API's decoder."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import tensorflow as tf
+from conftest import CLASS_INFO_CSV, CONVERTED_SAMPLE_FOLDS, LABELS_CSV, REPO, SAMPLE_DICOMS
+from test_dicom import (
+    write_not_dicom,
+    write_retagged,
+    write_truncated,
+    write_uncompressed,
+    write_without_pixel_data,
+)
+
+import tfod.compat  # noqa: F401
+
+# isort: split
+from object_detection.core.standard_fields import InputDataFields as Fields
+from object_detection.data_decoders.tf_example_decoder import TfExampleDecoder
+
+from tfod import convert, records, splits
+
+
+def read_back(output_dir, pattern="*.tfrecord", dct_method="INTEGER_ACCURATE") -> dict:
+    """``{patientId: (fold prefix, decoded tensors as numpy)}`` via tf.data + TfExampleDecoder.
+
+    INTEGER_ACCURATE is the IDCT that matches pydicom/Pillow exactly; the OD API's input
+    pipeline uses TF's default (faster) one, checked separately.
+    """
+    decoder = TfExampleDecoder(label_map_proto_file=str(output_dir / "label_map.pbtxt"),
+                               dct_method=dct_method)
+    found = {}
+    for shard in sorted(output_dir.glob(pattern)):
+        for decoded in tf.data.TFRecordDataset(str(shard)).map(decoder.decode):
+            patient_id = decoded[Fields.source_id].numpy().decode()
+            assert patient_id not in found, f"{patient_id} written twice"
+            found[patient_id] = (shard.name.split("-")[0],
+                                 {key: value.numpy() for key, value in decoded.items()})
+    return found
+
+
+def csv_boxes_yxyx(labels: pd.DataFrame, patient_id: str, size: float = 1024) -> np.ndarray:
+    rows = labels[(labels.patientId == patient_id) & (labels.Target == 1)]
+    x, y, w, h = (rows[c].to_numpy() for c in ("x", "y", "width", "height"))
+    return np.stack([y / size, x / size, (y + h) / size, (x + w) / size], axis=-1).reshape(-1, 4)
+
+
+@pytest.fixture(scope="module")
+def official_labels() -> pd.DataFrame:
+    return pd.read_csv(LABELS_CSV)
+
+
+@pytest.fixture(scope="module")
+def sample_records(converted_sample):
+    return read_back(converted_sample)
+
+
+def test_sample_pixels_equal_pydicom(sample_records, sample_dicoms):
+    assert sorted(sample_records) == [p.stem for p in sample_dicoms]
+    for path in sample_dicoms:
+        image = sample_records[path.stem][1][Fields.image]
+        pixels = pydicom.dcmread(path).pixel_array
+        for channel in range(3):
+            np.testing.assert_array_equal(image[..., channel], pixels)
+
+
+def test_sample_pixels_with_the_od_api_default_idct(converted_sample, sample_dicoms):
+    default = read_back(converted_sample, "fold0-*.tfrecord", dct_method="")
+    for patient_id, (_, decoded) in default.items():
+        pixels = pydicom.dcmread(SAMPLE_DICOMS / f"{patient_id}.dcm").pixel_array
+        assert np.abs(decoded[Fields.image][..., 0].astype(int) - pixels).max() <= 8
+
+
+def test_sample_boxes_equal_csv_over_1024(sample_records, official_labels):
+    positives = 0
+    for patient_id, (_, decoded) in sample_records.items():
+        expected = csv_boxes_yxyx(official_labels, patient_id)
+        np.testing.assert_allclose(decoded[Fields.groundtruth_boxes], expected, rtol=1e-6)
+        assert decoded[Fields.groundtruth_classes].tolist() == [1] * len(expected)
+        positives += len(expected) > 0
+    assert positives == 5
+
+
+def test_every_label_row_of_the_sample_is_accounted_for(sample_records, official_labels):
+    rows = official_labels[official_labels.patientId.isin(sample_records)]
+    in_records = sum(max(1, len(d[Fields.groundtruth_boxes])) for _, d in sample_records.values())
+    assert len(rows) == in_records == 21  # 5 positives x 2 boxes + 11 negatives
+
+
+def test_sample_folds_are_disjoint_and_match_folds_csv(converted_sample, sample_records):
+    folds = splits.read_folds_csv(converted_sample / "folds.csv")
+    assert sorted(folds.patientId) == sorted(sample_records)
+    by_fold = folds.groupby("fold").patientId.apply(set).to_dict()
+    assert sorted(by_fold) == list(range(CONVERTED_SAMPLE_FOLDS))
+    for fold, members in by_fold.items():
+        in_shards = {p for p, (prefix, _) in sample_records.items() if prefix == f"fold{fold}"}
+        assert in_shards == members
+    assert set(folds.view_position) == {"AP", "PA"} and folds.target.sum() == 5
+    assert set(folds["class"]) == {"Normal", "No Lung Opacity / Not Normal", "Lung Opacity"}
+
+
+def test_sample_manifest(converted_sample):
+    manifest = json.loads((converted_sample / "manifest.json").read_text())
+    assert manifest["counts"]["total"]["images"] == 16
+    assert manifest["counts"]["total"]["boxes"] == 10
+    assert manifest["counts"]["total"]["positives"] == 5
+    for entry in manifest["shards"]:
+        assert entry["sha256"] == records.file_sha256(converted_sample / entry["file"])
+    assert sorted(e["file"] for e in manifest["shards"]) == sorted(
+        p.name for p in converted_sample.glob("*.tfrecord"))
+    missing = [s for s in manifest["skipped"] if "no DICOM" in s["reason"]]
+    assert len(missing) == 26684 - 16  # the labelled patients whose DICOM is not in the sample
+    assert manifest["flags"]["num_folds"] == CONVERTED_SAMPLE_FOLDS
+
+
+def test_rerun_with_two_workers_is_byte_identical(converted_sample, tmp_path):
+    stale = [tmp_path / "fold0-00000-of-00009.tfrecord",
+             tmp_path / ".fold1-00000-of-00001.tfrecord.incomplete"]
+    for path in stale:
+        path.write_bytes(b"left by an interrupted run")
+    convert.convert(SAMPLE_DICOMS, tmp_path, LABELS_CSV, CLASS_INFO_CSV,
+                    num_folds=CONVERTED_SAMPLE_FOLDS, seed=42, workers=2, progress=False)
+    ours = sorted(p.name for p in converted_sample.glob("*.tfrecord"))
+    assert sorted(p.name for p in tmp_path.glob("*.tfrecord")) == ours
+    for name in ours:
+        assert (tmp_path / name).read_bytes() == (converted_sample / name).read_bytes()
+    assert not any(path.exists() for path in stale)
+    assert (tmp_path / "folds.csv").read_bytes() == (converted_sample / "folds.csv").read_bytes()
+
+
+def test_png_resized_records(converted_sample, sample_records, tmp_path):
+    manifest = convert.convert(SAMPLE_DICOMS, tmp_path, LABELS_CSV, CLASS_INFO_CSV,
+                               num_folds=CONVERTED_SAMPLE_FOLDS, image_format="png",
+                               max_size=256, images_per_shard=3, workers=1, progress=False)
+    assert [c["shards"] for k, c in manifest["counts"].items() if k != "total"] == [3, 3]
+    resized = read_back(tmp_path)
+    assert sorted(resized) == sorted(sample_records)
+    for patient_id, (prefix, decoded) in resized.items():
+        assert decoded[Fields.image].shape == (256, 256, 3)
+        assert prefix == sample_records[patient_id][0]
+        np.testing.assert_allclose(decoded[Fields.groundtruth_boxes],
+                                   sample_records[patient_id][1][Fields.groundtruth_boxes])
+
+
+# --- bad inputs, built from the real files -------------------------------------------------
+POS_16BIT = "00436515-870c-4b36-a041-de91049b9ab4"
+POS_RESIZED = "00704310-78a8-4b38-8475-49f4573b2dbb"
+POS_CLIPPED = "00aecb01-a116-45a2-956c-08d2fa55433f"
+POS_ALL_OUTSIDE = "00c0b293-48e7-4e16-ac76-9269ba535a62"
+POS_NAN_ROW = "00f08de1-517e-4652-a04f-d1dc9ee48593"
+NEG_TRUNCATED = "0004cfab-14fd-4e49-80ba-63a80b6bddd6"
+NEG_NO_PIXELS = "00313ee0-9eaa-42f4-b0ab-c148ed3241cd"
+NEG_MONOCHROME1 = "00322d4d-1c29-4943-afc9-b6754be640eb"
+NEG_DUPLICATED = "003d8fa0-6bf1-40ed-b54c-ac657f8495c5"
+NEG_CONFLICT = "00569f44-917d-4c86-a842-81832af98c30"
+
+
+def source(patient_id):
+    return SAMPLE_DICOMS / f"{patient_id}.dcm"
+
+
+def _build_bad_inputs(root, official_labels):
+    """A DICOM folder and labels CSV with one of each bad input; returns (dir, csv)."""
+    dicom_dir = root / "dicoms"
+    dicom_dir.mkdir()
+    for path in sorted(SAMPLE_DICOMS.glob("*.dcm")):
+        shutil.copy(path, dicom_dir / path.name)
+    write_truncated(source(NEG_TRUNCATED), dicom_dir / f"{NEG_TRUNCATED}.dcm")
+    write_without_pixel_data(source(NEG_NO_PIXELS), dicom_dir / f"{NEG_NO_PIXELS}.dcm")
+    write_retagged(source(NEG_MONOCHROME1), dicom_dir / f"{NEG_MONOCHROME1}.dcm",
+                   PhotometricInterpretation="MONOCHROME1")
+    pixels = pydicom.dcmread(source(POS_16BIT)).pixel_array
+    write_uncompressed(source(POS_16BIT), dicom_dir / f"{POS_16BIT}.dcm",
+                       pixels.astype(np.uint16) * 16, bits_stored=12, window=(2040, 4080))
+    small = pydicom.dcmread(source(POS_RESIZED)).pixel_array[::2, ::2].copy()
+    write_uncompressed(source(POS_RESIZED), dicom_dir / f"{POS_RESIZED}.dcm", small)
+    write_not_dicom(dicom_dir / "not-a-dicom.dcm")
+    shutil.copy(source(NEG_DUPLICATED), dicom_dir / "unlabelled.dcm")
+
+    sample = [p.stem for p in SAMPLE_DICOMS.glob("*.dcm")]
+    table = official_labels[official_labels.patientId.isin(sample)].copy()
+    table = table.astype({"x": object, "y": object, "width": object, "height": object})
+    resized = table.patientId == POS_RESIZED
+    table.loc[resized, ["x", "y", "width", "height"]] = (
+        table.loc[resized, ["x", "y", "width", "height"]].astype(float) / 2)
+    clipped = table.index[table.patientId == POS_CLIPPED]
+    table.loc[clipped[0], "x"] = -40.0  # partly outside: clipped
+    table.loc[clipped[1], "x"] = 1100.0  # wholly outside: dropped
+    table.loc[table.patientId == POS_ALL_OUTSIDE, "y"] = 2000.0
+    table.loc[table.index[table.patientId == POS_NAN_ROW][0], "width"] = np.nan
+    extra = pd.DataFrame([
+        table[table.patientId == NEG_DUPLICATED].iloc[0].to_dict(),
+        {"patientId": NEG_CONFLICT, "x": 10.0, "y": 20.0, "width": 30.0, "height": 40.0,
+         "Target": 1},
+        {"patientId": "ghost-patient", "x": None, "y": None, "width": None, "height": None,
+         "Target": 0},
+        {"patientId": "not-a-dicom", "x": None, "y": None, "width": None, "height": None,
+         "Target": 0},
+    ])
+    labels_csv = root / "labels.csv"
+    pd.concat([table, extra]).to_csv(labels_csv, index=False)
+    return dicom_dir, labels_csv
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, official_labels):
+    root = tmp_path_factory.mktemp("bad_inputs")
+    dicom_dir, labels_csv = _build_bad_inputs(root, official_labels)
+    output_dir = root / "out"
+    manifest = convert.convert(dicom_dir, output_dir, labels_csv, num_folds=2, workers=1,
+                               progress=False)
+    return dicom_dir, labels_csv, output_dir, manifest
+
+
+def _reasons(entries, patient_id) -> str:
+    return " | ".join(e["reason"] for e in entries if e["patientId"] == patient_id)
+
+
+def test_bad_inputs_are_skipped_with_reasons(bad_inputs):
+    dicom_dir, labels_csv, _, manifest = bad_inputs
+    skipped = manifest["skipped"]
+    assert "truncated" in _reasons(skipped, NEG_TRUNCATED)
+    assert [e["rows"] for e in skipped if e["patientId"] == NEG_TRUNCATED] == [[], [2]]
+    assert "no pixel data" in _reasons(skipped, NEG_NO_PIXELS)
+    assert "not a readable DICOM" in _reasons(skipped, "not-a-dicom")
+    assert "no DICOM" in _reasons(skipped, "ghost-patient")
+    assert "no usable label row" in _reasons(skipped, "unlabelled")
+    assert "missing or non-numeric width" in _reasons(skipped, POS_NAN_ROW)
+    assert "duplicate of line" in _reasons(skipped, NEG_DUPLICATED)
+    assert "also has Target 1" in _reasons(skipped, NEG_CONFLICT)
+    assert "wholly outside" in _reasons(skipped, POS_CLIPPED)
+    assert "every box lies outside" in _reasons(skipped, POS_ALL_OUTSIDE)
+    assert "partly outside" in _reasons(manifest["notes"], POS_CLIPPED)
+    assert "512x512, not 1024x1024" in _reasons(manifest["notes"], POS_RESIZED)
+    sources = {e["source"] for e in skipped}
+    assert str(labels_csv) in sources and str(dicom_dir / f"{NEG_TRUNCATED}.dcm") in sources
+    total = manifest["counts"]["total"]
+    assert (total["clipped_boxes"], total["dropped_boxes"]) == (1, 3)
+
+
+def test_bad_inputs_records(bad_inputs, official_labels):
+    dicom_dir, _, output_dir, _ = bad_inputs
+    found = read_back(output_dir)
+    assert set(found) == {p.stem for p in SAMPLE_DICOMS.glob("*.dcm")} - {
+        NEG_TRUNCATED, NEG_NO_PIXELS, POS_ALL_OUTSIDE}
+    pixels = pydicom.dcmread(SAMPLE_DICOMS / f"{POS_16BIT}.dcm").pixel_array
+    np.testing.assert_array_equal(found[POS_16BIT][1][Fields.image][..., 0], pixels)
+    mono = pydicom.dcmread(SAMPLE_DICOMS / f"{NEG_MONOCHROME1}.dcm").pixel_array
+    np.testing.assert_array_equal(found[NEG_MONOCHROME1][1][Fields.image][..., 0], 255 - mono)
+    boxes = {p: d[Fields.groundtruth_boxes] for p, (_, d) in found.items()}
+    np.testing.assert_allclose(boxes[POS_16BIT], csv_boxes_yxyx(official_labels, POS_16BIT))
+    np.testing.assert_allclose(boxes[POS_RESIZED], csv_boxes_yxyx(official_labels, POS_RESIZED),
+                               rtol=1e-6)
+    clipped = csv_boxes_yxyx(official_labels, POS_CLIPPED)[:1]
+    clipped[0, 1] = 0.0  # x = -40 clipped to the left edge, the right edge stays
+    clipped[0, 3] = (official_labels[official_labels.patientId == POS_CLIPPED].width.iloc[0]
+                     - 40) / 1024
+    np.testing.assert_allclose(boxes[POS_CLIPPED], clipped, rtol=1e-6)
+    assert len(boxes[POS_NAN_ROW]) == 1 and len(boxes[NEG_CONFLICT]) == 1
+    assert len(boxes[NEG_DUPLICATED]) == 0
+
+
+def test_bad_inputs_every_label_line_accounted_for(bad_inputs):
+    _, labels_csv, output_dir, manifest = bad_inputs
+    table = pd.read_csv(labels_csv)
+    table["line"] = np.arange(len(table)) + 2
+    found = read_back(output_dir)
+    reported = {line for entry in manifest["skipped"] for line in entry["rows"]
+                if entry["source"] == str(labels_csv)}
+    for row in table.itertuples():
+        assert row.patientId in found or row.line in reported, f"line {row.line} lost"
+    for patient_id, (_, decoded) in found.items():
+        mine = table[(table.patientId == patient_id) & (table.Target == 1)]
+        kept = [line for line in mine.line if line not in reported]
+        assert len(decoded[Fields.groundtruth_boxes]) == len(kept)
+
+
+def test_strict_fails_before_writing(bad_inputs, tmp_path):
+    dicom_dir, labels_csv, _, _ = bad_inputs
+    with pytest.raises(convert.StrictModeError, match="nothing written") as caught:
+        convert.convert(dicom_dir, tmp_path / "out", labels_csv, num_folds=2, workers=1,
+                        strict=True, progress=False)
+    assert "duplicate of line" in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tool_exit_status_and_test_set(bad_inputs, tmp_path):
+    dicom_dir = bad_inputs[0]
+    tool = [sys.executable, "-m", "tools.convert_rsna", f"--dicom_dir={dicom_dir}",
+            "--noprogress", "--workers=1"]
+    strict = subprocess.run([*tool, f"--output_dir={tmp_path / 'strict'}", "--strict"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert strict.returncode == 1, strict.stderr
+    assert f"{NEG_TRUNCATED}.dcm [{NEG_TRUNCATED}]: truncated DICOM file" in strict.stderr
+    plain = subprocess.run([*tool, f"--output_dir={tmp_path / 'test'}"], cwd=REPO,
+                           capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stderr
+    assert "test " in plain.stdout and "skipped inputs: 3" in plain.stdout
+    found = read_back(tmp_path / "test", "test-*.tfrecord")
+    assert len(found) == 15  # 16 real + an unlabelled copy - truncated - no pixel data - text
+    assert all(len(d[Fields.groundtruth_boxes]) == 0 for _, d in found.values())
+    assert not (tmp_path / "test" / "folds.csv").exists()

@@ -1,0 +1,155 @@
+"""Evaluation outputs on the 16 real images: metrics, plots, gallery, and the tool."""
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from conftest import LABELS_CSV, REPO, SAMPLE_DICOMS
+from PIL import Image
+
+from tfod import detections as det
+from tfod import report, score
+from tfod.boxes import scale_xywh
+from tfod.detections import BoxTable, ImageBoxes
+
+METRIC_KEYS = {"score", "threshold", "box_scale", "images", "tp", "fp", "fn", "curve"}
+
+
+class _Page(HTMLParser):
+    """Collects the gallery's figures and images; fails on unbalanced figure tags."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures, self.images, self.buttons, self.open = [], [], [], 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "figure":
+            self.figures.append(attrs)
+            self.open += 1
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "button":
+            self.buttons.append(attrs["data-filter"])
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self.open -= 1
+
+
+@pytest.fixture(scope="module")
+def sample(sample_dicoms):
+    """Ground truth of the 16 real images and predictions: 3 right, 1 miss, 2 false positives."""
+    labels = det.read_labels(LABELS_CSV).subset([path.stem for path in sample_dicoms])
+    predictions = {}
+    positives = [key for key in labels if len(labels[key])]
+    negatives = [key for key in labels if not len(labels[key])]
+    for i, key in enumerate(positives):
+        boxes = scale_xywh(labels[key].boxes, 1.3)  # 30% too large
+        predictions[key] = ImageBoxes(boxes[: 1 if i == 0 else 2], [0.9, 0.8][: 1 if i == 0 else 2])
+    predictions[negatives[0]] = ImageBoxes([[300, 300, 200, 250]], [0.95])
+    predictions[negatives[1]] = ImageBoxes([[600, 300, 200, 250]], [0.2])
+    for key in negatives[2:]:
+        predictions[key] = ImageBoxes.empty()
+    return labels, predictions
+
+
+def _valid_png(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 100
+        image.verify()
+
+
+def test_evaluate_writes_metrics_plots_and_gallery(tmp_path, sample):
+    labels, predictions = sample
+    metrics = score.evaluate(labels, predictions, tmp_path, dicom_dir=SAMPLE_DICOMS)
+    assert METRIC_KEYS <= set(metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert len(metrics["curve"]) == len(score.MIN_SCORES)
+    assert metrics["threshold"] == 0.21  # drops the 0.2 false positive, not the 0.95 one
+    assert metrics["images_total"] == 16 and metrics["images"] == 6  # 5 positives + 1 FP
+    assert metrics["fp"] == 1 and metrics["fn"] == 1 and metrics["tp"] == 9
+    assert metrics["box_scale"] == 0.88  # the largest scale that undoes 1.3 (IoU > 0.75)
+    assert metrics["score"] == pytest.approx(score.competition_score(
+        labels, predictions, metrics["threshold"], metrics["box_scale"]))
+    assert metrics["box_errors"]["width_ratio"]["median"] == pytest.approx(
+        1.3 * 0.88)
+    for name in ("threshold_curve.png", "box_scale_curve.png", "box_errors.png"):
+        _valid_png(tmp_path / name)
+
+    gallery = tmp_path / "gallery"
+    page = _Page()
+    page.feed((gallery / "index.html").read_text())
+    page.close()
+    assert page.open == 0 and page.buttons == ["all", "fp", "fn"]
+    assert len(page.images) == 16 and metrics["gallery"]["missing_dicoms"] == 0
+    for src in page.images:
+        with Image.open(gallery / src) as image:
+            assert image.format == "JPEG" and image.size == (512, 512)
+            image.verify()
+    scores = [float(f["data-score"]) for f in page.figures if f["data-score"] != "left out"]
+    assert scores == sorted(scores) and len(scores) == 6  # worst first, left-out images last
+    assert [f["data-fp"] for f in page.figures].count("1") == 1
+    assert [f["data-fn"] for f in page.figures].count("1") == 1
+    assert page.figures[0]["data-score"] == "0.000"  # the false positive on a negative image
+
+
+def test_given_threshold_and_scale_are_used(tmp_path, sample):
+    labels, predictions = sample
+    metrics = score.evaluate(labels, predictions, tmp_path, threshold=0.1, box_scale=1.0)
+    assert metrics["threshold"] == 0.1 and metrics["box_scale"] == 1.0
+    assert metrics["fp"] == 2 and "gallery" not in metrics
+    assert metrics["score"] == pytest.approx(score.competition_score(labels, predictions, 0.1))
+
+
+def test_gallery_draws_truth_black_and_predictions_green():
+    item = report.GalleryItem("x", 0.5, np.array([[100, 100, 400, 400]]),
+                              np.array([[600, 600, 300, 300]]), np.array([0.5]), 0, 1, 1)
+    pixels = np.full((1024, 1024), 128, dtype=np.uint8)
+    image = np.asarray(report.draw_image(pixels, item, size=512))
+    assert image.shape == (512, 512, 3)
+    assert (image[150, 51] == 0).all()  # left edge of the truth at x = 50 (scaled by 1/2)
+    assert tuple(image[400, 300]) == report.PREDICTED_COLOUR
+    assert (image[150, 150] == 128).all()  # inside: the X-ray untouched
+
+
+def _write_folds(path, ids):
+    rows = [f"{key},{i % 2},0,Normal,PA" for i, key in enumerate(ids)]
+    path.write_text("patientId,fold,target,class,view_position\n" + "\n".join(rows) + "\n")
+
+
+def test_tool_scores_one_fold(tmp_path, sample):
+    labels, predictions = sample
+    detections = det.write_detections(predictions, tmp_path / "val.csv")
+    _write_folds(tmp_path / "folds.csv", list(labels))
+    fold_ids = list(labels)[1::2]
+    out = tmp_path / "metrics"
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.evaluate", f"--detections={detections}",
+         f"--labels_csv={LABELS_CSV}", f"--folds_csv={tmp_path / 'folds.csv'}", "--fold=1",
+         f"--output_dir={out}", "--threshold=0.5"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "score" in result.stdout and "tp / fp / fn" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images_total"] == 8 and metrics["detections_outside_fold"] == 8
+    fold = BoxTable.of(labels).subset(fold_ids)
+    fold_predictions = {key: predictions[key] for key in fold_ids}
+    assert metrics["score"] == pytest.approx(score.competition_score(
+        fold, fold_predictions, 0.5, metrics["box_scale"]))
+
+
+def test_tool_names_the_bad_row(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patientId,x,y,width,height,score\n"
+                   "0004cfab-14fd-4e49-80ba-63a80b6bddd6,1,2,3,4,1.5\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.evaluate", f"--detections={bad}",
+         f"--labels_csv={LABELS_CSV}", f"--output_dir={tmp_path / 'out'}"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode != 0
+    assert f"{bad}, row 2: score 1.5 is outside [0, 1]" in result.stderr

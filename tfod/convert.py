@@ -1,0 +1,373 @@
+"""Convert RSNA DICOMs (and their labels) into sharded OD API records with patient-level folds.
+
+:func:`convert` is the whole stage: match DICOMs with label rows, split patients into folds,
+read and encode the images in worker processes, write shards atomically, and record what
+happened in ``manifest.json``. Output folder::
+
+    label_map.pbtxt                        one class, 'opacity', id 1
+    fold{k}-{i:05d}-of-{n:05d}.tfrecord    training set: every image in one fold
+    test-{i:05d}-of-{n:05d}.tfrecord       test set (no labels)
+    folds.csv                              patientId,fold,target,class,view_position
+    manifest.json                          flags, counts, skipped inputs, shard sha256
+
+Bad inputs never stop the run: each becomes a ``skipped`` (dropped) or ``notes`` (kept but
+changed, e.g. a clipped box) entry naming its file and CSV line; ``strict=True`` turns any of
+them into :class:`StrictModeError`. TensorFlow is imported only inside :func:`convert`, so
+the spawned worker processes, which re-import the caller's main module, stay light.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import tfod
+from tfod import boxes as box_ops
+from tfod import splits
+from tfod.dicom import (
+    DEFAULT_JPEG_QUALITY,
+    IMAGE_FORMATS,
+    DicomError,
+    PreparedImage,
+    try_prepare_image,
+)
+from tfod.labels import Issue, LabelSet, PatientLabels, load_labels
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGES_PER_SHARD = 1000
+EXPECTED_SIZE = (1024, 1024)
+MANIFEST_NAME = "manifest.json"
+FOLDS_NAME = "folds.csv"
+ISSUES_LOGGED = 20
+_OUR_FILES = re.compile(r"^\.?(fold\d+|test)-\d{5}-of-\d{5}\.tfrecord(\.incomplete)?$")
+
+
+class StrictModeError(RuntimeError):
+    """Raised by ``strict=True`` when any input was skipped or changed."""
+
+    def __init__(self, issues: list[Issue], when: str):
+        shown = "\n  ".join(str(issue) for issue in issues[:ISSUES_LOGGED])
+        hidden = len(issues) - ISSUES_LOGGED
+        more = f"\n  ... and {hidden} more" if hidden > 0 else ""
+        super().__init__(f"--strict: {len(issues)} bad input(s) {when}:\n  {shown}{more}")
+        self.issues = issues
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One output file and the patients that go into it, in order."""
+
+    prefix: str  # 'fold{k}' or 'test'
+    index: int
+    count: int
+    patient_ids: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        from tfod.records import shard_name
+
+        return shard_name(self.prefix, self.index, self.count)
+
+
+@dataclass
+class SplitCounts:
+    """What one fold (or the test set) holds."""
+
+    images: int = 0
+    positives: int = 0
+    boxes: int = 0
+    clipped_boxes: int = 0
+    dropped_boxes: int = 0
+    shards: int = 0
+
+
+@dataclass
+class Plan:
+    """What to convert: shards in writing order plus the issues found while matching inputs."""
+
+    shards: list[Shard]
+    folds: dict[str, int] = field(default_factory=dict)
+    skipped: list[Issue] = field(default_factory=list)
+    notes: list[Issue] = field(default_factory=list)
+
+
+def find_dicoms(dicom_dir) -> dict[str, Path]:
+    """``{patientId: path}`` for every ``*.dcm`` in ``dicom_dir`` (patientId = file stem)."""
+    dicom_dir = Path(dicom_dir)
+    if not dicom_dir.is_dir():
+        raise FileNotFoundError(f"--dicom_dir {dicom_dir} is not a directory")
+    found = {p.stem: p for p in sorted(dicom_dir.iterdir()) if p.suffix.lower() == ".dcm"}
+    if not found:
+        raise FileNotFoundError(f"--dicom_dir {dicom_dir} holds no .dcm files")
+    return found
+
+
+def split_into_shards(prefix: str, patient_ids: list[str], images_per_shard: int) -> list[Shard]:
+    """Spread ``patient_ids`` over as few shards as hold ``images_per_shard`` each, evenly."""
+    count = max(1, math.ceil(len(patient_ids) / images_per_shard))
+    parts = np.array_split(np.asarray(patient_ids, dtype=object), count)
+    return [Shard(prefix, i, count, tuple(part)) for i, part in enumerate(parts)]
+
+
+def plan_test_set(dicoms: dict[str, Path], images_per_shard: int) -> Plan:
+    """Every DICOM into ``test-*`` shards, in patientId order."""
+    return Plan(split_into_shards("test", sorted(dicoms), images_per_shard))
+
+
+def plan_training_set(dicoms: dict[str, Path], labels: LabelSet, labels_csv, num_folds: int,
+                      seed: int, images_per_shard: int) -> Plan:
+    """Match DICOMs with labels, split the matched patients into folds, and lay out shards."""
+    from tfod.records import fold_prefix
+
+    skipped = list(labels.issues)
+    for patient_id in sorted(set(labels.patients) - set(dicoms)):
+        rows = labels.patients[patient_id].rows
+        skipped.append(Issue(str(labels_csv), rows, patient_id,
+                             f"label rows but no DICOM {patient_id}.dcm in the DICOM folder"))
+    for patient_id in sorted(set(dicoms) - set(labels.patients)):
+        skipped.append(Issue(str(dicoms[patient_id]), (), patient_id,
+                             "DICOM has no usable label row; not converted (training mode)"))
+    matched = [labels.patients[p] for p in sorted(set(dicoms) & set(labels.patients))]
+    folds = splits.folds_for_patients(matched, num_folds, seed)
+    shards = []
+    for fold in range(num_folds):
+        members = [p for p, k in folds.items() if k == fold]
+        shards += split_into_shards(fold_prefix(fold), members, images_per_shard)
+    return Plan(shards, folds, skipped)
+
+
+def prepared_images(paths: list[Path], image_format: str, max_size: int, jpeg_quality: int,
+                    workers: int) -> Iterator[PreparedImage | DicomError]:
+    """Read and encode ``paths`` in order, in ``workers`` spawned processes (or in this one)."""
+    tasks = [(str(path), image_format, max_size, jpeg_quality) for path in paths]
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        yield from map(try_prepare_image, tasks)
+        return
+    chunksize = max(1, min(32, len(tasks) // (workers * 8)))
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(try_prepare_image, tasks, chunksize=chunksize)
+
+
+class _Recorder:
+    """Turns prepared images into serialized records, counting boxes and collecting issues."""
+
+    def __init__(self, dicoms: dict[str, Path], labels: LabelSet | None, labels_csv, plan: Plan):
+        self.dicoms = dicoms
+        self.labels = labels
+        self.labels_csv = str(labels_csv)
+        self.plan = plan
+        self.counts: dict[str, SplitCounts] = {}
+        self.view_positions: dict[str, str] = {}
+
+    def record(self, shard: Shard, result: PreparedImage | DicomError) -> bytes | None:
+        """The serialized example for ``result``, or None when the image is skipped."""
+        from tfod.records import RecordImage, encode_example
+
+        patient = self.labels.patients[_patient_id(result)] if self.labels else None
+        if isinstance(result, DicomError):
+            self._skip_dicom(result, patient)
+            return None
+        self._check_size(result)
+        boxes_yxyx = self._boxes(shard.prefix, result, patient) if patient else np.zeros((0, 4))
+        if patient and patient.target == 1 and len(boxes_yxyx) == 0:
+            self.plan.skipped.append(Issue(self.labels_csv, patient.rows, patient.patient_id,
+                                           "every box lies outside the image: image skipped"))
+            return None
+        counts = self.counts.setdefault(shard.prefix, SplitCounts())
+        counts.images += 1
+        counts.positives += int(len(boxes_yxyx) > 0)
+        counts.boxes += len(boxes_yxyx)
+        self.view_positions[result.patient_id] = result.header.view_position
+        image = RecordImage(result.encoded, result.image_format, result.height, result.width,
+                            result.patient_id, result.sha256)
+        return encode_example(image, boxes_yxyx)
+
+    def _skip_dicom(self, error: DicomError, patient: PatientLabels | None) -> None:
+        """Skip the DICOM and, in training mode, its label rows (one entry for each input)."""
+        self.plan.skipped.append(Issue(error.path, (), Path(error.path).stem, error.reason))
+        if patient:
+            self.plan.skipped.append(Issue(self.labels_csv, patient.rows, patient.patient_id,
+                                           f"unused: its DICOM was skipped ({error.reason})"))
+
+    def _check_size(self, result: PreparedImage) -> None:
+        size = (result.source_width, result.source_height)
+        if size != EXPECTED_SIZE:
+            self.plan.notes.append(Issue(
+                str(self.dicoms[result.patient_id]), (), result.patient_id,
+                f"image is {size[0]}x{size[1]}, not 1024x1024: boxes normalized by its own size"))
+
+    def _boxes(self, prefix: str, result: PreparedImage, patient: PatientLabels) -> np.ndarray:
+        width, height = result.source_width, result.source_height
+        clip = box_ops.clip_xywh(patient.boxes, width, height)
+        counts = self.counts.setdefault(prefix, SplitCounts())
+        counts.clipped_boxes += int(clip.clipped.sum())
+        counts.dropped_boxes += int(clip.outside.sum())
+        for box, line, clipped, outside in zip(patient.boxes, patient.box_rows, clip.clipped,
+                                               clip.outside, strict=True):
+            where = f"box {box.tolist()} {{}} the {width}x{height} image"
+            if clipped:
+                self.plan.notes.append(Issue(self.labels_csv, (line,), patient.patient_id,
+                                             where.format("partly outside") + ": clipped"))
+            if outside:
+                self.plan.skipped.append(Issue(self.labels_csv, (line,), patient.patient_id,
+                                               where.format("wholly outside") + ": dropped"))
+        return box_ops.xywh_to_yxyx(clip.boxes, width, height)
+
+
+def _patient_id(result: PreparedImage | DicomError) -> str:
+    return Path(result.path).stem if isinstance(result, DicomError) else result.patient_id
+
+
+def write_shards(output_dir: Path, plan: Plan, results: Iterable, recorder: _Recorder,
+                 progress: bool) -> list[dict]:
+    """Write every shard of ``plan`` from ``results`` (in plan order); their manifest entries."""
+    from tfod.records import ShardWriter, file_sha256
+
+    results = iter(results)
+    entries = []
+    total = sum(len(shard.patient_ids) for shard in plan.shards)
+    with tqdm(total=total, unit="img", desc="convert", disable=not progress) as bar:
+        for shard in plan.shards:
+            with ShardWriter(output_dir / shard.name) as writer:
+                for _ in shard.patient_ids:
+                    serialized = recorder.record(shard, next(results))
+                    if serialized is not None:
+                        writer.write(serialized)
+                    bar.update()
+            recorder.counts.setdefault(shard.prefix, SplitCounts()).shards += 1
+            entries.append({"file": shard.name, "split": shard.prefix, "images": writer.count,
+                            "sha256": file_sha256(writer.path)})
+    return entries
+
+
+def remove_stale_shards(output_dir: Path, keep: set[str]) -> list[str]:
+    """Delete shards (and unfinished ones) left by an earlier run that this run did not write."""
+    stale = sorted(p.name for p in output_dir.iterdir()
+                   if _OUR_FILES.match(p.name) and p.name not in keep)
+    for name in stale:
+        log.warning("removing %s: left by an earlier run, not part of this one", name)
+        (output_dir / name).unlink()
+    return stale
+
+
+def convert(
+    dicom_dir,
+    output_dir,
+    labels_csv=None,
+    class_info_csv=None,
+    headers_csv=None,
+    *,
+    num_folds: int = 5,
+    seed: int = 42,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    image_format: str = "passthrough",
+    max_size: int = 0,
+    workers: int | None = None,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    strict: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Convert the DICOMs of ``dicom_dir`` into records in ``output_dir``; return the manifest.
+
+    With ``labels_csv`` the images are a training set split into ``num_folds`` patient-level
+    folds (stratified by ``class_info_csv``'s class when given, else by Target); without it
+    they are a test set. ``max_size`` > 0 resizes so the longer side has that many pixels.
+    ``workers`` defaults to all cores. Raises :class:`StrictModeError` when ``strict`` and any
+    input was skipped or changed (the label check happens before any image is read).
+    """
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
+    _check_options(image_format, images_per_shard, max_size, num_folds)
+    from tfod import records  # TensorFlow loads here: see the module docstring
+
+    output_dir = Path(output_dir)
+    dicoms = find_dicoms(dicom_dir)
+    labels = load_labels(labels_csv, class_info_csv, headers_csv) if labels_csv else None
+    if labels:
+        plan = plan_training_set(dicoms, labels, labels_csv, num_folds, seed, images_per_shard)
+    else:
+        plan = plan_test_set(dicoms, images_per_shard)
+    if strict and plan.skipped:
+        raise StrictModeError(plan.skipped, "found before converting; nothing written")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records.write_label_map(output_dir)
+    recorder = _Recorder(dicoms, labels, labels_csv, plan)
+    ordered = [dicoms[p] for shard in plan.shards for p in shard.patient_ids]
+    results = prepared_images(ordered, image_format, max_size, jpeg_quality,
+                              workers or os.cpu_count() or 1)
+    shards = write_shards(output_dir, plan, results, recorder, progress)
+    if labels:
+        table = splits.folds_table(_converted_folds(plan, recorder), labels.patients,
+                                   recorder.view_positions)
+        splits.write_folds_csv(table, output_dir / FOLDS_NAME)
+    remove_stale_shards(output_dir, {entry["file"] for entry in shards})
+    manifest = _manifest(flags, plan, recorder, shards, mode="train" if labels else "test")
+    (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    _log_issues(plan)
+    if strict and (plan.skipped or plan.notes):
+        raise StrictModeError(plan.skipped + plan.notes, f"while converting (see {MANIFEST_NAME})")
+    return manifest
+
+
+def _check_options(image_format: str, images_per_shard: int, max_size: int, num_folds: int):
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    if images_per_shard < 1:
+        raise ValueError(f"images_per_shard must be at least 1, got {images_per_shard}")
+    if max_size < 0:
+        raise ValueError(f"max_size must be 0 (keep) or positive, got {max_size}")
+    if num_folds < 1:
+        raise ValueError(f"num_folds must be at least 1, got {num_folds}")
+
+
+def _converted_folds(plan: Plan, recorder: _Recorder) -> dict[str, int]:
+    return {p: fold for p, fold in plan.folds.items() if p in recorder.view_positions}
+
+
+def _manifest(flags: dict, plan: Plan, recorder: _Recorder, shards: list[dict], mode: str) -> dict:
+    per_split = {prefix: asdict(counts) for prefix, counts in sorted(recorder.counts.items())}
+    totals = {key: sum(c[key] for c in per_split.values()) for key in asdict(SplitCounts())}
+    return {
+        "tfod_version": tfod.__version__,
+        "mode": mode,
+        "flags": flags,
+        "label_map": "label_map.pbtxt",
+        "folds_csv": FOLDS_NAME if mode == "train" else None,
+        "counts": {**per_split, "total": {**totals, "skipped_inputs": len(plan.skipped),
+                                          "notes": len(plan.notes)}},
+        "shards": shards,
+        "skipped": [issue.as_dict() for issue in plan.skipped],
+        "notes": [issue.as_dict() for issue in plan.notes],
+    }
+
+
+def _log_issues(plan: Plan) -> None:
+    for kind, issues in (("skipped", plan.skipped), ("note", plan.notes)):
+        for issue in issues[:ISSUES_LOGGED]:
+            log.warning("%s: %s", kind, issue)
+        if len(issues) > ISSUES_LOGGED:
+            log.warning("... and %d more %s entries in %s", len(issues) - ISSUES_LOGGED, kind,
+                        MANIFEST_NAME)
+
+
+def format_summary(manifest: dict) -> str:
+    """The manifest's counts as a table, one row per fold (or the test set) plus a total."""
+    columns = list(asdict(SplitCounts()))
+    header = f"{'split':<8}" + "".join(f"{name.replace('_', ' '):>15}" for name in columns)
+    lines = [header, "-" * len(header)]
+    for split, counts in manifest["counts"].items():
+        lines.append(f"{split:<8}" + "".join(f"{counts[name]:>15}" for name in columns))
+    total = manifest["counts"]["total"]
+    lines.append(f"skipped inputs: {total['skipped_inputs']}, notes: {total['notes']}"
+                 f" (each listed in {MANIFEST_NAME})")
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""Read one DICOM: its encapsulated JPEG frame as bytes, or its pixels as 8-bit grayscale.
+
+The RSNA images are JPEG Baseline, 8-bit, MONOCHROME2: their single encapsulated frame is a
+plain grayscale JPEG, so :func:`prepare_image` copies it into the record untouched (the
+``passthrough`` format). Anything else (uncompressed, JPEG-LS, JPEG 2000, RLE, MONOCHROME1,
+more than 8 bits stored) is decoded by pydicom, inverted where needed, windowed to 8 bits and
+encoded as PNG.
+
+Only the fields the harness needs leave this module (view position, sex, age, size): no
+names, birth dates or other identifying header fields are kept.
+
+This module imports neither TensorFlow nor the OD API, so worker processes that run
+:func:`prepare_image` start fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.encaps import generate_frames
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import JPEGBaseline8Bit
+
+IMAGE_FORMATS = ("passthrough", "png", "jpeg")
+DEFAULT_JPEG_QUALITY = 95
+
+
+class DicomError(ValueError):
+    """A DICOM file that cannot be turned into an image; the message names the file."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):  # keep both fields when sent back from a worker process
+        return (type(self), (self.path, self.reason))
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """The non-identifying header fields the harness uses."""
+
+    rows: int
+    columns: int
+    view_position: str  # 'AP', 'PA' or '' when absent
+    sex: str  # 'M', 'F' or ''
+    age: int | None  # years; None when absent or unreadable
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image ready for a record: encoded bytes plus the sizes boxes are normalized by."""
+
+    patient_id: str
+    encoded: bytes
+    image_format: str  # 'jpeg' or 'png': the OD API's image/format
+    width: int  # of the encoded image
+    height: int
+    source_width: int  # of the DICOM (the labels' pixel space)
+    source_height: int
+    sha256: str
+    header: DicomHeader
+    passthrough: bool  # True when ``encoded`` is the DICOM's own JPEG frame
+
+
+def read_dataset(path) -> pydicom.Dataset:
+    """Read a DICOM with its pixel data; :class:`DicomError` if truncated, foreign or empty."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = pydicom.dcmread(path)
+    except Exception as error:  # pydicom raises many types for a damaged file
+        raise DicomError(path, f"not a readable DICOM file ({error})") from error
+    if any("End of file reached" in str(w.message) for w in caught):
+        raise DicomError(path, "truncated DICOM file (end of file inside the data)")
+    if "PixelData" not in dataset:
+        raise DicomError(path, "DICOM has no pixel data")
+    return dataset
+
+
+def read_header(dataset: pydicom.Dataset) -> DicomHeader:
+    """The view position, sex, age and size of ``dataset``."""
+    return DicomHeader(
+        rows=int(dataset.Rows),
+        columns=int(dataset.Columns),
+        view_position=str(dataset.get("ViewPosition", "") or "").strip().upper(),
+        sex=str(dataset.get("PatientSex", "") or "").strip().upper(),
+        age=parse_age(str(dataset.get("PatientAge", "") or "")),
+    )
+
+
+def parse_age(value: str) -> int | None:
+    """DICOM age string ('062Y', '62', '006M') -> whole years; None when unreadable."""
+    value = value.strip().upper()
+    digits = value.rstrip("YMWD")
+    if not digits.isdigit():
+        return None
+    unit = value[len(digits):] or "Y"
+    return int(digits) if unit == "Y" else 0
+
+
+def can_pass_through(dataset: pydicom.Dataset) -> bool:
+    """True when the DICOM's frame is already a display-ready 8-bit grayscale JPEG."""
+    return (
+        dataset.file_meta.get("TransferSyntaxUID") == JPEGBaseline8Bit
+        and dataset.get("PhotometricInterpretation") == "MONOCHROME2"
+        and int(dataset.get("SamplesPerPixel", 1)) == 1
+        and int(dataset.get("NumberOfFrames", 1) or 1) == 1
+        and int(dataset.get("BitsStored", 8)) == 8
+    )
+
+
+def jpeg_frame(dataset: pydicom.Dataset, path="<dataset>") -> bytes:
+    """The single encapsulated JPEG frame of ``dataset``, checked but not decoded."""
+    try:
+        frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+        with Image.open(io.BytesIO(frame)) as image:  # parses the JPEG header only
+            mode, size = image.mode, image.size
+    except Exception as error:
+        raise DicomError(path, f"damaged JPEG frame ({error})") from error
+    if mode != "L" or size != (int(dataset.Columns), int(dataset.Rows)):
+        raise DicomError(path, f"JPEG frame is {mode} {size}, header says grayscale "
+                               f"{dataset.Columns}x{dataset.Rows}")
+    if b"\xff\xd9" not in frame[-4:]:
+        raise DicomError(path, "JPEG frame is cut short (no end-of-image marker)")
+    return frame
+
+
+def to_8bit(dataset: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
+    """Decoded pixels -> uint8 for display: windowed if deeper than 8 bits, MONOCHROME1 inverted.
+
+    8-bit images keep their values. Deeper images go through the modality LUT (rescale), then
+    the first window of the header (center/width) or, without one, the image's own range.
+    """
+    if pixels.ndim != 2:
+        raise ValueError(f"expected one grayscale frame, got pixel array of shape {pixels.shape}")
+    if int(dataset.get("BitsStored", 8)) <= 8 and pixels.dtype == np.uint8:
+        image = pixels
+    else:
+        values = apply_modality_lut(pixels, dataset).astype(np.float64)
+        low, high = _window(dataset, values)
+        scaled = (values - low) / max(high - low, 1e-9) * 255.0
+        image = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+        image = 255 - image
+    return image
+
+
+def _window(dataset: pydicom.Dataset, values: np.ndarray) -> tuple[float, float]:
+    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if center is not None and width is not None:
+        center = float(center[0] if isinstance(center, MultiValue) else center)
+        width = float(width[0] if isinstance(width, MultiValue) else width)
+        if width > 0:
+            return center - width / 2, center + width / 2
+    return float(values.min()), float(values.max())
+
+
+def decode_8bit(dataset: pydicom.Dataset, path="<dataset>") -> np.ndarray:
+    """Decode ``dataset``'s pixels to a uint8 HxW display image."""
+    try:
+        pixels = dataset.pixel_array
+        return to_8bit(dataset, pixels)
+    except Exception as error:
+        raise DicomError(path, f"cannot decode pixel data ({error})") from error
+
+
+def load_image_8bit(path) -> np.ndarray:
+    """The image of the DICOM at ``path`` as uint8 HxW, MONOCHROME1 inverted, 16-bit windowed."""
+    return decode_8bit(read_dataset(path), path)
+
+
+def encode(image: np.ndarray, image_format: str, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """uint8 HxW -> PNG or JPEG bytes (deterministic for a given Pillow)."""
+    buffer = io.BytesIO()
+    if image_format == "png":
+        Image.fromarray(image).save(buffer, format="PNG")
+    elif image_format == "jpeg":
+        Image.fromarray(image).save(buffer, format="JPEG", quality=jpeg_quality)
+    else:
+        raise ValueError(f"unknown image format {image_format!r}; expected 'png' or 'jpeg'")
+    return buffer.getvalue()
+
+
+def resize_longer_side(image: np.ndarray, max_size: int) -> np.ndarray:
+    """Resize so the longer side is ``max_size`` pixels (area filter); unchanged if already so."""
+    height, width = image.shape
+    scale = max_size / max(height, width)
+    if max_size <= 0 or scale == 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+
+
+def prepare_image(
+    path,
+    image_format: str = "passthrough",
+    max_size: int = 0,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+) -> PreparedImage:
+    """Read the DICOM at ``path`` and encode it for a record.
+
+    ``passthrough`` copies the JPEG frame when :func:`can_pass_through` and no resize is asked,
+    and otherwise falls back to PNG; ``png`` and ``jpeg`` always decode and re-encode.
+    Raises :class:`DicomError` naming the file when it cannot be used.
+    """
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    path = Path(path)
+    dataset = read_dataset(path)
+    header = read_header(dataset)
+    target_size = max_size if max_size > 0 else max(header.rows, header.columns)
+    keep_size = target_size == max(header.rows, header.columns)
+    passthrough = image_format == "passthrough" and keep_size and can_pass_through(dataset)
+    if passthrough:
+        encoded, out_format = jpeg_frame(dataset, path), "jpeg"
+        height, width = header.rows, header.columns
+    else:
+        image = resize_longer_side(decode_8bit(dataset, path), target_size)
+        out_format = "jpeg" if image_format == "jpeg" else "png"
+        encoded, (height, width) = encode(image, out_format, jpeg_quality), image.shape
+    return PreparedImage(
+        patient_id=path.stem,
+        encoded=encoded,
+        image_format=out_format,
+        width=width,
+        height=height,
+        source_width=header.columns,
+        source_height=header.rows,
+        sha256=hashlib.sha256(encoded).hexdigest(),
+        header=header,
+        passthrough=passthrough,
+    )
+
+
+def try_prepare_image(task: tuple) -> PreparedImage | DicomError:
+    """:func:`prepare_image` for a worker pool: returns the error instead of raising it."""
+    try:
+        return prepare_image(*task)
+    except DicomError as error:
+        return error

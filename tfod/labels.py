@@ -1,0 +1,230 @@
+"""Parse and validate the RSNA label tables, one record per patient.
+
+Three tables, all optional except the labels for a training set:
+
+* labels (``stage_2_train_labels.csv``): ``patientId,x,y,width,height,Target``, one row per
+  box, one row with empty box fields for a negative image; boxes in pixels, ``x,y`` top-left;
+* class info (``stage_2_detailed_class_info.csv``): ``patientId,class``, one row per label row,
+  class in :data:`CLASSES`;
+* DICOM headers (``stage_2_train_dicom_headers.csv.gz``): ``PatientID``, ``ViewPosition``,
+  ``PatientSex``, ``PatientAge`` among other columns.
+
+A bad row never stops parsing and is never dropped silently: it becomes an :class:`Issue`
+naming the file, its line number (the header is line 1) and the reason. A table that cannot be
+read at all (missing file or column) raises :class:`LabelsError`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
+BOX_COLUMNS = ("x", "y", "width", "height")
+CLASS_COLUMNS = ("patientId", "class")
+HEADER_COLUMNS = ("PatientID", "ViewPosition", "PatientSex", "PatientAge")
+POSITIVE_CLASS = "Lung Opacity"
+CLASSES = ("Normal", "No Lung Opacity / Not Normal", POSITIVE_CLASS)
+FIRST_DATA_LINE = 2  # line numbers are 1-based and line 1 is the header
+
+
+class LabelsError(ValueError):
+    """A label table that cannot be used at all (missing file or column)."""
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One input that was skipped or changed: where it is and why."""
+
+    source: str  # the file
+    rows: tuple[int, ...]  # its CSV line numbers (header = line 1); () for a whole file
+    patient_id: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{','.join(map(str, self.rows))}" if self.rows else self.source
+        who = f" [{self.patient_id}]" if self.patient_id else ""
+        return f"{where}{who}: {self.reason}"
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "rows": list(self.rows), "patientId": self.patient_id,
+                "reason": self.reason}
+
+
+@dataclass
+class PatientLabels:
+    """Everything the labels say about one patient's image."""
+
+    patient_id: str
+    target: int  # 1 when any accepted row has Target 1
+    boxes: np.ndarray  # (N, 4) pixel x, y, width, height
+    box_rows: tuple[int, ...]  # the line of each box
+    rows: tuple[int, ...]  # every accepted line of this patient
+    label_class: str = ""  # from the class-info table, '' when not given
+    view_position: str = ""  # from the headers table, '' when not given
+
+    @property
+    def stratum(self) -> str:
+        """What the folds are stratified by: the 3-way class when known, else the target."""
+        return self.label_class or f"Target {self.target}"
+
+
+@dataclass
+class LabelSet:
+    """The parsed tables: per-patient labels plus every issue found on the way."""
+
+    patients: dict[str, PatientLabels]
+    issues: list[Issue] = field(default_factory=list)
+
+
+def _read_table(path, columns) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise LabelsError(f"{path}: file not found")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as error:
+        raise LabelsError(f"{path}: not a readable CSV file ({error})") from error
+    missing = [name for name in columns if name not in table.columns]
+    if missing:
+        raise LabelsError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
+    table = table[list(columns)].apply(lambda column: column.str.strip())
+    table["line"] = np.arange(len(table)) + FIRST_DATA_LINE
+    return table
+
+
+def read_labels(path) -> LabelSet:
+    """Parse and validate the labels CSV into one :class:`PatientLabels` per patient."""
+    source = str(path)
+    table = _read_table(path, LABEL_COLUMNS)
+    numbers = table[list(BOX_COLUMNS)].apply(pd.to_numeric, errors="coerce")
+    target = pd.to_numeric(table["Target"], errors="coerce")
+    issues: list[Issue] = []
+    good = []
+    for row, box, label in zip(table.itertuples(index=False), numbers.to_numpy(), target,
+                               strict=True):
+        problem = _row_problem(row, box, label)
+        if problem:
+            issues.append(Issue(source, (row.line,), row.patientId, problem))
+        else:
+            good.append((row.patientId, int(label), tuple(box) if label == 1 else None, row.line))
+    good, duplicates = _drop_duplicates(good, source)
+    patients, conflicts = _group_by_patient(good, source)
+    issues.extend(duplicates + conflicts)
+    issues.sort(key=lambda issue: issue.rows)
+    return LabelSet(patients, issues)
+
+
+def _row_problem(row, box: np.ndarray, target: float) -> str:
+    """Why a label row cannot be used, or '' when it can."""
+    if not row.patientId:
+        return "empty patientId"
+    if target not in (0, 1):
+        return f"Target must be 0 or 1, got {row.Target!r}"
+    raw = dict(zip(BOX_COLUMNS, (row.x, row.y, row.width, row.height), strict=True))
+    if target == 0:
+        filled = {name: value for name, value in raw.items() if value}
+        return f"Target 0 row has box values {filled}; a negative row has none" if filled else ""
+    for name, value in zip(BOX_COLUMNS, box, strict=True):
+        if not np.isfinite(value):
+            return f"Target 1 row has a missing or non-numeric {name} ({raw[name]!r})"
+    for name, value in (("width", box[2]), ("height", box[3])):
+        if value <= 0:
+            return f"box {name} must be positive, got {value:g}"
+    return ""
+
+
+def _drop_duplicates(rows: list, source: str) -> tuple[list, list[Issue]]:
+    seen: dict[tuple, int] = {}
+    kept, issues = [], []
+    for patient_id, target, box, line in rows:
+        key = (patient_id, target, box)
+        if key in seen:
+            issues.append(Issue(source, (line,), patient_id, f"duplicate of line {seen[key]}"))
+        else:
+            seen[key] = line
+            kept.append((patient_id, target, box, line))
+    return kept, issues
+
+
+def _group_by_patient(rows: list, source: str) -> tuple[dict[str, PatientLabels], list[Issue]]:
+    by_patient: dict[str, list] = {}
+    for row in rows:
+        by_patient.setdefault(row[0], []).append(row)
+    patients, issues = {}, []
+    for patient_id, patient_rows in by_patient.items():
+        positives = [row for row in patient_rows if row[1] == 1]
+        negatives = [row for row in patient_rows if row[1] == 0]
+        if positives and negatives:
+            lines = tuple(row[3] for row in negatives)
+            issues.append(Issue(source, lines, patient_id,
+                                f"patientId also has Target 1 rows (line {positives[0][3]}, ...):"
+                                " this Target 0 row is ignored and the boxes are kept"))
+        kept = positives or negatives
+        patients[patient_id] = PatientLabels(
+            patient_id=patient_id,
+            target=1 if positives else 0,
+            boxes=np.array([row[2] for row in positives], dtype=np.float64).reshape(-1, 4),
+            box_rows=tuple(row[3] for row in positives),
+            rows=tuple(row[3] for row in kept),
+        )
+    return patients, issues
+
+
+def add_class_info(labels: LabelSet, path) -> None:
+    """Read the class-info CSV into ``labels`` (``label_class``), adding its issues."""
+    source = str(path)
+    table = _read_table(path, CLASS_COLUMNS)
+    seen: dict[str, tuple[str, int]] = {}
+    for row in table.itertuples(index=False):
+        problem = _class_problem(row, labels.patients, seen)
+        if problem:
+            labels.issues.append(Issue(source, (row.line,), row.patientId, problem))
+            continue
+        if row.patientId not in seen:
+            seen[row.patientId] = (row[1], row.line)
+            labels.patients[row.patientId].label_class = row[1]
+    for patient_id in sorted(set(labels.patients) - set(seen)):
+        patient = labels.patients[patient_id]
+        labels.issues.append(Issue(source, (), patient_id,
+                                   f"no class row; stratified by {patient.stratum!r}"))
+
+
+def _class_problem(row, patients: dict[str, PatientLabels], seen: dict) -> str:
+    label_class = row[1]
+    if label_class not in CLASSES:
+        return f"unknown class {label_class!r}; expected one of {list(CLASSES)}"
+    if row.patientId not in patients:
+        return "no usable label row for this patientId"
+    if row.patientId in seen and seen[row.patientId][0] != label_class:
+        first, line = seen[row.patientId]
+        return f"class {label_class!r} contradicts {first!r} on line {line}; kept {first!r}"
+    target = patients[row.patientId].target
+    if (label_class == POSITIVE_CLASS) != (target == 1):
+        return f"class {label_class!r} contradicts Target {target}; class ignored"
+    return ""
+
+
+def add_headers(labels: LabelSet, path) -> None:
+    """Read the DICOM headers table into ``labels`` (``view_position``), adding its issues."""
+    source = str(path)
+    table = _read_table(path, HEADER_COLUMNS)
+    for row in table.itertuples(index=False):
+        patient = labels.patients.get(row.PatientID)
+        if row.ViewPosition not in ("AP", "PA"):
+            labels.issues.append(Issue(source, (row.line,), row.PatientID,
+                                       f"ViewPosition must be AP or PA, got {row.ViewPosition!r}"))
+        elif patient is not None:
+            patient.view_position = row.ViewPosition
+
+
+def load_labels(labels_csv, class_info_csv=None, headers_csv=None) -> LabelSet:
+    """Read the labels and, when given, the class-info and headers tables into one set."""
+    labels = read_labels(labels_csv)
+    if class_info_csv:
+        add_class_info(labels, class_info_csv)
+    if headers_csv:
+        add_headers(labels, headers_csv)
+    return labels

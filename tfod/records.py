@@ -1,0 +1,188 @@
+"""OD API ``tf.train.Example`` records: encode, decode, sharded atomic writing, label map.
+
+Shard names: ``fold{k}-{i:05d}-of-{n:05d}.tfrecord`` for fold ``k`` of a training set and
+``test-{i:05d}-of-{n:05d}.tfrecord`` for a test set, so that training on fold ``k`` reads the
+other folds' globs and evaluation reads fold ``k``'s. A shard is written under a hidden
+temporary name (``.<name>.incomplete``) and renamed when complete, so an interrupted run never
+leaves a file that a glob mistakes for a finished shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+
+import tfod.compat  # noqa: F401  (fixes the stack; must precede the OD API imports)
+
+# isort: split
+from object_detection.protos import string_int_label_map_pb2
+from object_detection.utils import dataset_util
+
+CLASS_NAME = "opacity"
+CLASS_ID = 1
+LABEL_MAP_NAME = "label_map.pbtxt"
+TEST_PREFIX = "test"
+SHARD_SUFFIX = ".tfrecord"
+INCOMPLETE_SUFFIX = ".incomplete"
+
+
+@dataclass(frozen=True)
+class RecordImage:
+    """The image part of a record."""
+
+    encoded: bytes
+    image_format: str  # 'jpeg' or 'png'
+    height: int
+    width: int
+    source_id: str  # the patientId
+    sha256: str  # hex digest of ``encoded``
+
+    @property
+    def filename(self) -> str:
+        return f"{self.source_id}.dcm"
+
+
+def encode_example(image: RecordImage, boxes_yxyx=()) -> bytes:
+    """Serialize one image and its normalized ``ymin, xmin, ymax, xmax`` boxes (class opacity).
+
+    Serialization is deterministic (sorted feature keys), so equal inputs give equal bytes.
+    """
+    boxes = np.asarray(boxes_yxyx, dtype=np.float32).reshape(-1, 4)
+    count = len(boxes)
+    feature = {
+        "image/encoded": dataset_util.bytes_feature(image.encoded),
+        "image/format": dataset_util.bytes_feature(image.image_format.encode()),
+        "image/height": dataset_util.int64_feature(image.height),
+        "image/width": dataset_util.int64_feature(image.width),
+        "image/filename": dataset_util.bytes_feature(image.filename.encode()),
+        "image/source_id": dataset_util.bytes_feature(image.source_id.encode()),
+        "image/key/sha256": dataset_util.bytes_feature(image.sha256.encode()),
+        "image/object/bbox/ymin": dataset_util.float_list_feature(boxes[:, 0].tolist()),
+        "image/object/bbox/xmin": dataset_util.float_list_feature(boxes[:, 1].tolist()),
+        "image/object/bbox/ymax": dataset_util.float_list_feature(boxes[:, 2].tolist()),
+        "image/object/bbox/xmax": dataset_util.float_list_feature(boxes[:, 3].tolist()),
+        "image/object/class/text": dataset_util.bytes_list_feature([CLASS_NAME.encode()] * count),
+        "image/object/class/label": dataset_util.int64_list_feature([CLASS_ID] * count),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
+
+
+def decode_example(serialized: bytes) -> dict:
+    """A record back as plain Python: image fields plus ``boxes`` (N, 4) normalized yxyx."""
+    features = tf.train.Example.FromString(serialized).features.feature
+
+    def first(key):
+        values = features[key]
+        return (values.bytes_list.value or values.int64_list.value)[0]
+
+    boxes = np.stack([np.asarray(features[f"image/object/bbox/{name}"].float_list.value,
+                                 dtype=np.float32) for name in ("ymin", "xmin", "ymax", "xmax")],
+                     axis=-1).reshape(-1, 4)
+    return {
+        "encoded": first("image/encoded"),
+        "format": first("image/format").decode(),
+        "height": int(first("image/height")),
+        "width": int(first("image/width")),
+        "filename": first("image/filename").decode(),
+        "source_id": first("image/source_id").decode(),
+        "sha256": first("image/key/sha256").decode(),
+        "boxes": boxes,
+        "class_text": [v.decode() for v in features["image/object/class/text"].bytes_list.value],
+        "class_label": list(features["image/object/class/label"].int64_list.value),
+    }
+
+
+def fold_prefix(fold: int) -> str:
+    return f"fold{fold}"
+
+
+def shard_name(prefix: str, index: int, count: int) -> str:
+    """``('fold0', 1, 3)`` -> ``'fold0-00001-of-00003.tfrecord'``."""
+    return f"{prefix}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
+
+
+def shard_glob(prefix: str) -> str:
+    """The glob matching every shard of ``prefix`` (e.g. 'fold2' or 'test')."""
+    return f"{prefix}-?????-of-?????{SHARD_SUFFIX}"
+
+
+def train_globs(output_dir, fold: int, num_folds: int) -> list[str]:
+    """Input globs to train on while fold ``fold`` is held out: every other fold."""
+    return [str(Path(output_dir) / shard_glob(fold_prefix(k)))
+            for k in range(num_folds) if k != fold]
+
+
+def eval_glob(output_dir, fold: int) -> str:
+    """Input glob to evaluate on fold ``fold``."""
+    return str(Path(output_dir) / shard_glob(fold_prefix(fold)))
+
+
+def read_records(paths) -> list[bytes]:
+    """Every serialized record of ``paths`` (files or globs), in file order."""
+    files = sorted({f for p in ([paths] if isinstance(paths, str | Path) else paths)
+                    for f in tf.io.gfile.glob(str(p))})
+    return [record.numpy() for record in tf.data.TFRecordDataset(files)]
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """Write one shard under a temporary name; rename it into place only when closed cleanly.
+
+    Use as a context manager: leaving the block by an exception deletes the temporary file.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.temporary = self.path.with_name(f".{self.path.name}{INCOMPLETE_SUFFIX}")
+        self._writer = tf.io.TFRecordWriter(str(self.temporary))
+        self.count = 0
+
+    def write(self, serialized: bytes) -> None:
+        self._writer.write(serialized)
+        self.count += 1
+
+    def close(self) -> Path:
+        """Finish the shard and give it its final name."""
+        self._writer.close()
+        os.replace(self.temporary, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the unfinished shard."""
+        self._writer.close()
+        self.temporary.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_label_map(output_dir, classes: dict[int, str] | None = None) -> Path:
+    """Write the OD API label map (``{1: 'opacity'}`` by default; ids start at 1)."""
+    classes = classes or {CLASS_ID: CLASS_NAME}
+    label_map = string_int_label_map_pb2.StringIntLabelMap()
+    for class_id, name in sorted(classes.items()):
+        if class_id < 1:
+            raise ValueError(f"label map ids start at 1, got {class_id} for {name!r}")
+        label_map.item.add(id=class_id, name=name)
+    path = Path(output_dir) / LABEL_MAP_NAME
+    path.write_text(text_format.MessageToString(label_map))
+    return path

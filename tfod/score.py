@@ -1,0 +1,542 @@
+"""The RSNA competition metric, exact and vectorized, and what we learn from it.
+
+The metric (the competition's evaluation page): for each image and each IoU threshold
+``t`` in 0.40, 0.45, ..., 0.75, take the predictions in decreasing score order; each one hits
+the still-unmatched ground-truth box with the highest IoU if that IoU is greater than ``t``
+(strictly). With TP hits, FP = predictions - TP and FN = ground-truth boxes - TP, the image
+scores ``TP / (TP + FP + FN)`` at ``t``; its score is the mean over the 8 thresholds and the
+dataset's score is the mean over images. An image with neither ground truth nor prediction is
+left out of the mean; an image without ground truth but with a prediction scores 0.
+
+Exactness choices:
+
+* The thresholds are the float64 values nearest to the decimals 0.40, ..., 0.75 (written as
+  literals; ``0.40 + 0.05 * k`` would give ``0.6000000000000001`` for 0.60). IoUs are float64
+  (:func:`tfod.boxes.pairwise_iou_xywh`); for integer pixel boxes the IoU is a correctly
+  rounded ratio of integers, so a ratio of exactly ``t`` equals the threshold and does not hit.
+* Equal scores keep their input order (stable sort); equal IoUs go to the first ground-truth
+  box in input order.
+* A minimum detection score ``s`` keeps the predictions with ``score >= s``.
+
+Speed: images are padded to a common number of boxes and the greedy matching runs as a loop
+over the prediction rank (at most the largest number of predictions on one image), each step
+vectorized over all images and all 8 thresholds. Because matching is greedy in score order, the
+matches of the top-``n`` predictions do not depend on the others: one matching serves every
+minimum score of a sweep.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfod import boxes as box_ops
+from tfod import detections as det
+from tfod.detections import BoxTable, ImageBoxes
+
+THRESHOLDS = np.array([0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75])
+COUNT_IOU = 0.5  # the IoU threshold of the reported tp / fp / fn
+MIN_SCORES = np.round(np.arange(5, 96) / 100, 2)  # 0.05, 0.06, ..., 0.95
+BOX_SCALES = np.round(np.arange(70, 111) / 100, 2)  # 0.70, 0.71, ..., 1.10
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Ground truth and predictions of the images ``ids``, ready for matching.
+
+    Per image (I,): ``n_gt``, ``n_pred`` and ``max_score`` (``-inf`` without prediction);
+    per prediction: ``image_of_pred`` (its index in ``ids``) and ``scores``.
+    Only the ``rows`` (R,) images that have both ground truth and predictions can have hits;
+    theirs are padded: ``gt_boxes`` (R, G, 4), ``pred_boxes`` (R, P, 4) and ``pred_scores``
+    (R, P), predictions by decreasing score, ``-inf`` in the padding. Boxes are pixel
+    ``x, y, w, h``.
+    """
+
+    ids: list[str]
+    n_gt: np.ndarray
+    n_pred: np.ndarray
+    max_score: np.ndarray
+    image_of_pred: np.ndarray
+    scores: np.ndarray
+    rows: np.ndarray
+    gt_boxes: np.ndarray
+    pred_boxes: np.ndarray
+    pred_scores: np.ndarray
+
+    def scaled(self, factor: float) -> Packed:
+        """The same, with every predicted box scaled about its centre by ``factor``."""
+        if factor == 1.0:
+            return self
+        return dataclasses.replace(self, pred_boxes=box_ops.scale_xywh(self.pred_boxes, factor))
+
+
+def _pad(row_of_box: np.ndarray, n_rows: int, boxes: np.ndarray, scores: np.ndarray):
+    """Pad boxes into ``(n_rows, M, 4)`` and scores into ``(n_rows, M)``, by decreasing score.
+
+    ``row_of_box`` must be non-decreasing; equal scores keep their input order.
+    """
+    counts = np.bincount(row_of_box, minlength=n_rows)
+    width = max(int(counts.max(initial=0)), 1)
+    padded_boxes = np.zeros((n_rows, width, 4))
+    padded_scores = np.full((n_rows, width), -np.inf)
+    order = np.lexsort((-scores, row_of_box))
+    rank = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+    padded_boxes[row_of_box, rank] = boxes[order]
+    padded_scores[row_of_box, rank] = scores[order]
+    return padded_boxes, padded_scores
+
+
+def _aligned(ground_truth: BoxTable, predictions: BoxTable) -> np.ndarray:
+    """For each prediction, the index of its image in ``ground_truth.ids``."""
+    if predictions.ids == ground_truth.ids:
+        return predictions.image
+    position = pd.Index(ground_truth.ids).get_indexer(predictions.ids)
+    if (position < 0).any():
+        unknown = [i for i, p in zip(predictions.ids, position, strict=True) if p < 0]
+        raise ValueError(
+            f"{len(unknown)} predicted image(s) have no ground truth, e.g. {sorted(unknown)[:3]}"
+        )
+    return position[predictions.image]
+
+
+def pack(ground_truth: Mapping[str, ImageBoxes], predictions: Mapping[str, ImageBoxes]) -> Packed:
+    """Arrange the images of ``ground_truth`` for matching; see :class:`Packed`.
+
+    An image missing from ``predictions`` has no prediction; a prediction for an image that
+    is not in ``ground_truth`` is an error (it cannot be scored).
+    """
+    truth, predicted = BoxTable.of(ground_truth), BoxTable.of(predictions)
+    if np.isnan(predicted.scores).any() or np.isnan(predicted.boxes).any():
+        raise ValueError("predicted boxes and scores must not be NaN")
+    image_of_pred = _aligned(truth, predicted)
+    n_images = len(truth.ids)
+    n_gt = truth.counts()
+    n_pred = np.bincount(image_of_pred, minlength=n_images)
+    max_score = np.full(n_images, -np.inf)
+    np.maximum.at(max_score, image_of_pred, predicted.scores)
+    rows = np.flatnonzero((n_gt > 0) & (n_pred > 0))
+    row_of_image = np.full(n_images, -1)
+    row_of_image[rows] = np.arange(len(rows))
+    gt_row = row_of_image[truth.image]
+    gt_keep = gt_row >= 0
+    gt_boxes, _ = _pad(gt_row[gt_keep], len(rows), truth.boxes[gt_keep],
+                       np.zeros(np.count_nonzero(gt_keep)))
+    pred_row = row_of_image[image_of_pred]
+    pred_keep = pred_row >= 0
+    by_row = np.argsort(pred_row[pred_keep], kind="stable")
+    pred_boxes, pred_scores = _pad(pred_row[pred_keep][by_row], len(rows),
+                                   predicted.boxes[pred_keep][by_row],
+                                   predicted.scores[pred_keep][by_row])
+    return Packed(truth.ids, n_gt, n_pred, max_score, image_of_pred, predicted.scores, rows,
+                  gt_boxes, pred_boxes, pred_scores)
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Greedy matches of every prediction of the :attr:`Packed.rows` at every IoU threshold.
+
+    ``hits`` (R, T, P): prediction ``k`` (in score order) hits a ground-truth box at threshold
+    ``THRESHOLDS[t]``; ``matched`` (R, T, P): the index of that box, -1 for none.
+    """
+
+    packed: Packed
+    hits: np.ndarray
+    matched: np.ndarray
+
+    @property
+    def ids(self) -> list[str]:
+        return self.packed.ids
+
+    @functools.cached_property
+    def _cumulative_hits(self) -> np.ndarray:
+        """(R, T, P + 1): hits among the first ``n`` predictions of each row."""
+        rows, thresholds, _ = self.hits.shape
+        return np.concatenate([np.zeros((rows, thresholds, 1), dtype=np.int64),
+                               np.cumsum(self.hits, axis=2)], axis=2)
+
+    def _row_tp(self, min_score: float):
+        """``kept`` (R,) and ``tp`` (R, T) of the rows at ``min_score``."""
+        kept = np.count_nonzero(self.packed.pred_scores >= min_score, axis=1)
+        cumulative = self._cumulative_hits
+        rows, thresholds = np.arange(len(kept))[:, None], np.arange(cumulative.shape[1])
+        tp = cumulative[rows, thresholds, kept[:, None]]
+        return kept, tp
+
+    def kept(self, min_score: float) -> np.ndarray:
+        """(I,) the number of predictions with ``score >= min_score``."""
+        packed = self.packed
+        kept = packed.image_of_pred[packed.scores >= min_score]
+        return np.bincount(kept, minlength=len(packed.ids))
+
+    def counts(self, min_score: float = 0.0):
+        """``tp, fp, fn`` (I, T) of the predictions kept at ``min_score``."""
+        packed = self.packed
+        kept = self.kept(min_score)
+        tp_rows = self._row_tp(min_score)[1]
+        tp = np.zeros((len(packed.ids), len(THRESHOLDS)), dtype=np.int64)
+        tp[packed.rows] = tp_rows
+        return tp, kept[:, None] - tp, packed.n_gt[:, None] - tp
+
+    def image_scores(self, min_score: float = 0.0) -> np.ndarray:
+        """(I,) each image's score; NaN for an image left out (no ground truth, no prediction)."""
+        tp, fp, fn = self.counts(min_score)
+        total = tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_threshold = np.where(total > 0, tp / np.maximum(total, 1), np.nan)
+        return per_threshold.mean(axis=1)
+
+    def score(self, min_score: float = 0.0) -> float:
+        """The competition score at ``min_score``; NaN when every image is left out.
+
+        Only rows can score above 0, so this needs no per-image work outside them.
+        """
+        packed = self.packed
+        kept, tp = self._row_tp(min_score)
+        n_gt = packed.n_gt[packed.rows]
+        row_scores = (tp / (kept[:, None] + n_gt[:, None] - tp)).mean(axis=1)
+        scored = np.count_nonzero((packed.n_gt > 0) | (packed.max_score >= min_score))
+        return float(row_scores.sum() / scored) if scored else float("nan")
+
+    def curve(self, min_scores=MIN_SCORES) -> np.ndarray:
+        """The score at each minimum detection score."""
+        return np.array([self.score(s) for s in min_scores])
+
+    def threshold_scores(self, min_score: float = 0.0) -> np.ndarray:
+        """(T,) the score at each IoU threshold alone (mean over the images scored)."""
+        tp, fp, fn = self.counts(min_score)
+        total = tp + fp + fn
+        scored = total[:, 0] > 0
+        return (tp[scored] / total[scored]).mean(axis=0) if scored.any() else np.full(
+            len(THRESHOLDS), np.nan)
+
+
+def _row_ious(packed: Packed) -> np.ndarray:
+    """(R, P, G) IoU of each row's predictions with its true boxes; 0 in the padding."""
+    n_rows, n_preds, n_truths = (*packed.pred_scores.shape, packed.gt_boxes.shape[1])
+    valid_pred = np.isfinite(packed.pred_scores)
+    valid_gt = np.arange(n_truths) < packed.n_gt[packed.rows, None]
+    row, k, g = np.nonzero(valid_pred[:, :, None] & valid_gt[:, None, :])
+    iou = np.zeros((n_rows, n_preds, n_truths))
+    iou[row, k, g] = box_ops.pairwise_iou_xywh(packed.pred_boxes[row, k, None, :],
+                                               packed.gt_boxes[row, g, None, :])[:, 0, 0]
+    return iou
+
+
+def _match_one_truth(iou: np.ndarray):
+    """Rows with one true box: the first prediction above the threshold takes it.
+
+    ``iou`` (S, P, 1); returns ``hits`` and ``matched`` (S, T, P).
+    """
+    above = iou[:, None, :, 0] > THRESHOLDS[:, None]  # (S, T, P)
+    first = above.argmax(axis=2)[..., None]
+    found = np.take_along_axis(above, first, axis=2)
+    hits = np.zeros_like(above)
+    np.put_along_axis(hits, first, found, axis=2)
+    return hits, np.where(hits, 0, -1)
+
+
+def _match_greedy(iou: np.ndarray, n_gt: np.ndarray, n_pred: np.ndarray):
+    """Rows with any number of true boxes: one step per prediction rank, all rows at once.
+
+    ``iou`` (M, P, G); returns ``hits`` and ``matched`` (M, T, P).
+    """
+    n_rows, n_preds, n_truths = iou.shape
+    hits = np.zeros((n_rows, len(THRESHOLDS), n_preds), dtype=bool)
+    matched = np.full(hits.shape, -1)
+    unmatched = np.repeat((np.arange(n_truths) < n_gt[:, None])[:, None, :], len(THRESHOLDS), 1)
+    for k in range(n_preds):
+        active = np.flatnonzero(n_pred > k)
+        candidates = np.where(unmatched[active], iou[active, k][:, None, :], -np.inf)  # (A,T,G)
+        best = candidates.argmax(axis=2)
+        hit = np.take_along_axis(candidates, best[..., None], axis=2)[..., 0] > THRESHOLDS
+        image, threshold = np.nonzero(hit)
+        unmatched[active[image], threshold, best[image, threshold]] = False
+        hits[active, :, k] = hit
+        matched[active, :, k] = np.where(hit, best, -1)
+    return hits, matched
+
+
+def match_packed(packed: Packed) -> Matching:
+    """Run the greedy matching of the rows (see the module docstring).
+
+    Rows with one true box, the most common case, need no loop: the first prediction above
+    the threshold hits. The others go through :func:`_match_greedy`.
+    """
+    n_rows, n_preds = packed.pred_scores.shape
+    hits = np.zeros((n_rows, len(THRESHOLDS), n_preds), dtype=bool)
+    matched = np.full(hits.shape, -1)
+    iou = _row_ious(packed)
+    n_gt = packed.n_gt[packed.rows]
+    single, several = n_gt == 1, n_gt > 1
+    hits[single], matched[single] = _match_one_truth(iou[single, :, :1])
+    n_pred = np.count_nonzero(np.isfinite(packed.pred_scores[several]), axis=1)
+    hits[several], matched[several] = _match_greedy(iou[several], n_gt[several], n_pred)
+    return Matching(packed, hits, matched)
+
+
+def match(ground_truth: Mapping[str, ImageBoxes], predictions: Mapping[str, ImageBoxes],
+          box_scale: float = 1.0) -> Matching:
+    """Match ``predictions`` (scaled by ``box_scale``) to ``ground_truth``; see :func:`pack`."""
+    return match_packed(pack(ground_truth, predictions).scaled(box_scale))
+
+
+def competition_score(ground_truth: Mapping[str, ImageBoxes],
+                      predictions: Mapping[str, ImageBoxes],
+                      min_score: float = 0.0, box_scale: float = 1.0) -> float:
+    """The competition score of ``predictions`` over the images of ``ground_truth``."""
+    predictions = BoxTable.of(predictions)
+    if min_score > 0:  # fewer boxes to match; the kept ones match the same way
+        predictions = predictions.above(min_score)
+    return match(ground_truth, predictions, box_scale).score(min_score)
+
+
+def score_curve(ground_truth: Mapping[str, ImageBoxes], predictions: Mapping[str, ImageBoxes],
+                min_scores=MIN_SCORES, box_scale: float = 1.0) -> np.ndarray:
+    """The competition score at each minimum detection score in ``min_scores``."""
+    return match(ground_truth, predictions, box_scale).curve(min_scores)
+
+
+def best_threshold(min_scores, scores) -> tuple[float, float]:
+    """``(threshold, score)`` at the highest score; the lowest threshold among equals."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if np.isnan(scores).all():
+        return float(min_scores[0]), float("nan")
+    best = int(np.nanargmax(scores))
+    return float(min_scores[best]), float(scores[best])
+
+
+@dataclass(frozen=True)
+class ScaleFit:
+    """The box scale (and minimum score) with the best competition score, and the curve."""
+
+    scale: float
+    threshold: float
+    score: float
+    scales: np.ndarray
+    scores: np.ndarray  # the score at each scale (at its best threshold, or the fixed one)
+
+
+def fit_box_scale(packed: Packed, scales=BOX_SCALES, min_scores=MIN_SCORES,
+                  threshold: float | None = None) -> ScaleFit:
+    """Scale the predicted boxes about their centres by each of ``scales``; keep the best.
+
+    With ``threshold`` the score is taken at that minimum score, else at each scale's best one.
+    Among equal scores the scale closest to 1 wins.
+    """
+    results = []
+    for scale in scales:
+        matching = match_packed(packed.scaled(float(scale)))
+        if threshold is None:
+            results.append(best_threshold(min_scores, matching.curve(min_scores)))
+        else:
+            results.append((threshold, matching.score(threshold)))
+    scores = np.array([score for _, score in results])
+    if np.isnan(scores).all():
+        return ScaleFit(1.0, results[0][0], float("nan"), np.asarray(scales), scores)
+    best_scores = np.flatnonzero(scores == np.nanmax(scores))
+    best = best_scores[np.argmin(np.abs(np.asarray(scales)[best_scores] - 1.0))]
+    return ScaleFit(float(scales[best]), float(results[best][0]), float(scores[best]),
+                    np.asarray(scales, dtype=np.float64), scores)
+
+
+def matched_pairs(matching: Matching, min_score: float, iou: float = THRESHOLDS[0]):
+    """``(predicted, true)`` pixel ``x, y, w, h`` boxes (K, 4) of the hits at IoU ``iou``."""
+    t = int(np.flatnonzero(THRESHOLDS == iou)[0])
+    kept = matching._row_tp(min_score)[0]
+    hits = matching.hits[:, t, :] & (np.arange(matching.hits.shape[2]) < kept[:, None])
+    image, rank = np.nonzero(hits)
+    truth = matching.packed.gt_boxes[image, matching.matched[image, t, rank]]
+    return matching.packed.pred_boxes[image, rank], truth
+
+
+def _spread(values: np.ndarray) -> dict:
+    if not len(values):
+        return {"median": None, "q1": None, "q3": None, "iqr": None}
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3), "iqr": float(q3 - q1)}
+
+
+def box_errors(predicted: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per matched pair: width and height ratios (predicted / true), centre offsets in pixels."""
+    centre = lambda b: b[:, :2] + b[:, 2:] / 2  # noqa: E731
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "width_ratio": predicted[:, 2] / truth[:, 2],
+            "height_ratio": predicted[:, 3] / truth[:, 3],
+            "centre_dx": centre(predicted)[:, 0] - centre(truth)[:, 0],
+            "centre_dy": centre(predicted)[:, 1] - centre(truth)[:, 1],
+        }
+
+
+def error_analysis(matching: Matching, min_score: float, iou: float = THRESHOLDS[0]) -> dict:
+    """Median and IQR of the :func:`box_errors` of the pairs matched at ``iou``."""
+    errors = box_errors(*matched_pairs(matching, min_score, iou))
+    summary = {name: _spread(values[np.isfinite(values)]) for name, values in errors.items()}
+    return {"pairs": int(len(errors["width_ratio"])), "iou": float(iou), **summary}
+
+
+def _key(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _count_index() -> int:
+    return int(np.flatnonzero(THRESHOLDS == COUNT_IOU)[0])
+
+
+def evaluate(ground_truth: Mapping[str, ImageBoxes], detections: Mapping[str, ImageBoxes],
+             output_dir, threshold: float | None = None, box_scale: float | None = None,
+             dicom_dir=None, gallery_limit: int | None = None, extra: Mapping | None = None
+             ) -> dict:
+    """Score ``detections`` on the images of ``ground_truth``; write metrics, plots, gallery.
+
+    ``score`` is taken at ``threshold`` (a minimum detection score) when given, else at the
+    best one of :data:`MIN_SCORES`, with the boxes scaled by ``box_scale`` when given, else
+    by the best of :data:`BOX_SCALES`. Writes ``metrics.json``, ``threshold_curve.png``,
+    ``box_scale_curve.png``, ``box_errors.png`` and, with ``dicom_dir``, ``gallery/`` (the
+    ``gallery_limit`` worst images, all by default). ``extra`` entries are added to the metrics.
+    Returns the metrics (NaN, for a set with nothing to score, becomes ``None``).
+    """
+    from tfod import report  # matplotlib is only needed here
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ground_truth, detections = BoxTable.of(ground_truth), BoxTable.of(detections)
+    packed = pack(ground_truth, detections)
+    fit = fit_box_scale(packed, threshold=threshold)
+    scale = fit.scale if box_scale is None else float(box_scale)
+    matching = match_packed(packed.scaled(scale))
+    curve = matching.curve(MIN_SCORES)
+    if threshold is None:
+        threshold, _ = best_threshold(MIN_SCORES, curve)
+    tp, fp, fn = (c[:, _count_index()] for c in matching.counts(threshold))
+    image_scores = matching.image_scores(threshold)
+    errors = box_errors(*matched_pairs(matching, threshold))
+    metrics = {
+        "score": matching.score(threshold),
+        "threshold": float(threshold),
+        "box_scale": scale,
+        "images": int(np.count_nonzero(~np.isnan(image_scores))),
+        "images_total": len(packed.ids),
+        "positive_images": int(np.count_nonzero(packed.n_gt)),
+        "gt_boxes": int(packed.n_gt.sum()),
+        "predicted_boxes": int(np.count_nonzero(packed.scores >= threshold)),
+        "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum()),
+        "iou_scores": {_key(t): float(s)
+                       for t, s in zip(THRESHOLDS, matching.threshold_scores(threshold),
+                                       strict=True)},
+        "curve": {_key(s): float(v) for s, v in zip(MIN_SCORES, curve, strict=True)},
+        "box_scale_fit": {"scale": fit.scale, "threshold": fit.threshold, "score": fit.score},
+        "box_scale_curve": {_key(s): float(v)
+                            for s, v in zip(fit.scales, fit.scores, strict=True)},
+        "box_errors": error_analysis(matching, threshold),
+    }
+    report.plot_threshold_curve(MIN_SCORES, curve, metrics["threshold"], metrics["score"],
+                                output_dir / "threshold_curve.png")
+    report.plot_box_scale_curve(fit.scales, fit.scores, scale, output_dir / "box_scale_curve.png")
+    report.plot_box_errors(errors, output_dir / "box_errors.png")
+    if dicom_dir is not None:
+        items = _gallery_items(ground_truth, detections, scale, threshold, image_scores, tp, fp, fn)
+        gallery = report.write_gallery(items, dicom_dir, output_dir / "gallery", gallery_limit)
+        metrics["gallery"] = gallery
+    metrics = _without_nan({**metrics, **(extra or {})})
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    return metrics
+
+
+def _without_nan(value):
+    """``value`` with every float NaN replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def _gallery_items(ground_truth: BoxTable, detections: BoxTable, scale: float, threshold: float,
+                   image_scores, tp, fp, fn):
+    from tfod.report import GalleryItem
+
+    items = []
+    for i, patient_id in enumerate(ground_truth.ids):
+        predicted = detections.get(patient_id, ImageBoxes.empty())
+        keep = np.flatnonzero(predicted.scores >= threshold)
+        keep = keep[np.argsort(-predicted.scores[keep], kind="stable")]
+        items.append(GalleryItem(
+            patient_id=patient_id, score=float(image_scores[i]),
+            gt_boxes=ground_truth[patient_id].boxes,
+            pred_boxes=box_ops.scale_xywh(predicted.boxes[keep], scale),
+            pred_scores=predicted.scores[keep],
+            tp=int(tp[i]), fp=int(fp[i]), fn=int(fn[i]),
+        ))
+    return items
+
+
+def select_images(ground_truth: Mapping[str, ImageBoxes], detections: Mapping[str, ImageBoxes],
+                  fold_ids: Sequence[str] | None = None, source: str = "detections"):
+    """The ground truth and detections of the images to score, checked against each other.
+
+    Without ``fold_ids`` the images are those in ``detections``; with them, the fold's images,
+    every one of which must be in ``detections`` (detections of other images are dropped).
+    Returns ``(ground_truth, detections, dropped)``.
+    """
+    unknown = set(detections) - set(ground_truth)
+    if unknown:
+        raise ValueError(f"{source}: {len(unknown)} image(s) are not in the labels, "
+                         f"e.g. {sorted(unknown)[:3]}")
+    ids = list(detections) if fold_ids is None else list(fold_ids)
+    missing = [i for i in ids if i not in detections]
+    if missing:
+        raise ValueError(f"{source}: {len(missing)} image(s) of the fold have no row, "
+                         f"e.g. {missing[:3]}")
+    not_labelled = [i for i in ids if i not in ground_truth]
+    if not_labelled:
+        raise ValueError(f"{len(not_labelled)} image(s) of the fold are not in the labels, "
+                         f"e.g. {not_labelled[:3]}")
+    chosen = set(ids)
+    dropped = len(detections) - len(chosen)
+    return ({i: ground_truth[i] for i in ids}, {i: detections[i] for i in ids}, dropped)
+
+
+def evaluate_files(detections_csv, labels_csv, output_dir, folds_csv=None, fold: int | None = None,
+                   **options) -> dict:
+    """:func:`evaluate` on a detections CSV against the official labels CSV (optionally a fold)."""
+    if (folds_csv is None) != (fold is None):
+        raise ValueError("give both folds_csv and fold, or neither")
+    fold_ids = None if folds_csv is None else det.read_fold_ids(folds_csv, fold)
+    ground_truth, detections, dropped = select_images(
+        det.read_labels(labels_csv), det.read_detections(detections_csv), fold_ids,
+        source=str(detections_csv),
+    )
+    return evaluate(ground_truth, detections, output_dir,
+                    extra={"detections_outside_fold": dropped}, **options)
+
+
+def _number(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(metrics: Mapping) -> str:
+    """A short text table of the headline numbers."""
+    rows = [
+        ("score", _number(metrics["score"], 4)),
+        ("threshold (min score)", _number(metrics["threshold"], 2)),
+        ("box scale", _number(metrics["box_scale"], 2)),
+        ("images scored / total", f"{metrics['images']} / {metrics['images_total']}"),
+        ("positive images", str(metrics["positive_images"])),
+        (f"tp / fp / fn @ IoU {COUNT_IOU}", f"{metrics['tp']} / {metrics['fp']} / {metrics['fn']}"),
+    ]
+    errors = metrics["box_errors"]
+    for name in ("width_ratio", "height_ratio", "centre_dx", "centre_dy"):
+        if errors[name]["median"] is not None:
+            rows.append((f"{name} median [IQR]",
+                         f"{errors[name]['median']:.3f} [{errors[name]['iqr']:.3f}]"))
+    if "gallery" in metrics:
+        rows.append(("gallery", metrics["gallery"]["index"]))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
