@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from tfod import configs
+from tfod import configs, records
 
 # isort: split
 from object_detection.builders import model_builder
@@ -136,8 +136,8 @@ def _train_eval_paths(data_dir, fold):
 def test_fold_trains_on_every_other_fold_and_evaluates_on_itself(five_folds):
     train, evals = _train_eval_paths(five_folds, 2)
     folder = five_folds.resolve()
-    assert train == [str(folder / f"fold{k}-*.tfrecord") for k in (0, 1, 3, 4)]
-    assert evals == [[str(folder / "fold2-*.tfrecord")]]
+    assert train == [str(folder / records.shard_glob(f"fold{k}")) for k in (0, 1, 3, 4)]
+    assert evals == [[str(folder / records.shard_glob("fold2"))]]
     matched = sorted(Path(f).name for p in train for f in tf.io.gfile.glob(p))
     assert matched == sorted(p.name for k in (0, 1, 3, 4)
                              for p in five_folds.glob(f"fold{k}-*.tfrecord"))
@@ -154,14 +154,14 @@ def test_fold_wiring_on_the_converted_sample(converted_sample):
 
 def test_fold_minus_one_trains_on_all_folds(five_folds):
     train, evals = _train_eval_paths(five_folds, -1)
-    assert [Path(p).name for p in train] == [f"fold{k}-*.tfrecord" for k in range(5)]
+    assert [Path(p).name for p in train] == [records.shard_glob(f"fold{k}") for k in range(5)]
     assert evals == [train]
 
 
 def test_fold_numbers_are_not_confused_by_prefixes(tmp_path):
     folder = write_converted_folder(tmp_path / "twelve", num_folds=12)
     train, evals = _train_eval_paths(folder, 1)
-    assert str(folder.resolve() / "fold1-*.tfrecord") not in train
+    assert str(folder.resolve() / records.shard_glob("fold1")) not in train
     assert [Path(f).name for f in tf.io.gfile.glob(evals[0][0])] == [
         "fold1-00000-of-00001.tfrecord"]
 

@@ -133,14 +133,3 @@ def test_box_table_is_a_mapping_of_image_boxes():
     assert table.above(0.5).counts().tolist() == [1, 0, 1]
     with pytest.raises(KeyError):
         table.subset(["x"])
-
-
-def test_fold_ids(tmp_path):
-    path = tmp_path / "folds.csv"
-    path.write_text("patientId,fold,target\na,0,1\nb,1,0\nc,0,0\n")
-    assert det.read_fold_ids(path, 0) == ["a", "c"]
-    with pytest.raises(FormatError, match="no image in fold 3"):
-        det.read_fold_ids(path, 3)
-    path.write_text("patientId,fold\na,0\nb,x\n")
-    with pytest.raises(FormatError, match="row 3"):
-        det.read_fold_ids(path, 0)

@@ -79,11 +79,14 @@ def test_shard_names_and_globs(tmp_path):
     assert records.shard_name("fold3", 12, 40) == "fold3-00012-of-00040.tfrecord"
     for fold in range(3):
         (tmp_path / records.shard_name(records.fold_prefix(fold), 0, 1)).write_bytes(b"")
-    train = [glob.glob(g) for g in records.train_globs(tmp_path, 1, 3)]
+    train = [glob.glob(g) for g in records.train_globs(tmp_path, 1, records.find_folds(tmp_path))]
     assert [[p.rsplit("/", 1)[1] for p in found] for found in train] == [
         ["fold0-00000-of-00001.tfrecord"], ["fold2-00000-of-00001.tfrecord"]]
     assert glob.glob(records.eval_glob(tmp_path, 1)) == [
         str(tmp_path / "fold1-00000-of-00001.tfrecord")]
+    (tmp_path / "fold12-00000-of-00001.tfrecord").write_bytes(b"")
+    (tmp_path / ".fold4-00000-of-00001.tfrecord.incomplete").write_bytes(b"")
+    assert records.find_folds(tmp_path) == [0, 1, 2, 12]
 
 
 def test_label_map_is_read_by_the_od_api(tmp_path):

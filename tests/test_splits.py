@@ -65,3 +65,17 @@ def test_folds_csv_round_trip(tmp_path):
     assert path.read_text().splitlines() == [
         "patientId,fold,target,class,view_position", "b,0,1,Lung Opacity,AP", "a,1,0,,PA"]
     pd.testing.assert_frame_equal(splits.read_folds_csv(path), table)
+
+
+def test_fold_ids_reads_one_fold_and_names_bad_rows(tmp_path):
+    path = tmp_path / "folds.csv"
+    path.write_text("patientId,fold,target\na,0,1\nb,1,0\nc,0,0\n")
+    assert splits.fold_ids(path, 0) == ["a", "c"]
+    with pytest.raises(ValueError, match="no image in fold 3"):
+        splits.fold_ids(path, 3)
+    path.write_text("patientId,fold\na,0\nb,x\n")
+    with pytest.raises(ValueError, match="row 3"):
+        splits.fold_ids(path, 0)
+    path.write_text("patientId,target\na,0\n")
+    with pytest.raises(ValueError, match=r"row 1: missing column\(s\) \['fold'\]"):
+        splits.fold_ids(path, 0)

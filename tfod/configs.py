@@ -28,10 +28,10 @@ import tfod.compat  # noqa: F401  (fixes the stack; must precede the OD API impo
 from object_detection.protos import train_pb2
 from object_detection.utils import config_util, label_map_util
 
+from tfod import records
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "pipeline_configs"
 PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
-LABEL_MAP_NAME = "label_map.pbtxt"
-FOLD_FILE = re.compile(r"^fold(\d+)-\d+-of-\d+\.tfrecord$")
 CHECKPOINT_TYPES = ("detection", "classification")
 
 
@@ -147,7 +147,7 @@ def format_model_table() -> str:
 
 def read_label_map(data_dir: str | os.PathLike) -> tuple[Path, int]:
     """(absolute label map path, number of classes) of a converted folder."""
-    path = Path(data_dir).resolve() / LABEL_MAP_NAME
+    path = Path(data_dir).resolve() / records.LABEL_MAP_NAME
     if not path.is_file():
         raise ConfigError(f"{path}: no label map; is {data_dir} a converted folder?")
     try:
@@ -159,16 +159,6 @@ def read_label_map(data_dir: str | os.PathLike) -> tuple[Path, int]:
     return path, max(ids)
 
 
-def find_folds(data_dir: str | os.PathLike) -> list[int]:
-    """The fold numbers that have ``fold{k}-*.tfrecord`` files in a converted folder."""
-    folder = Path(data_dir)
-    folds = sorted({int(m.group(1)) for p in folder.glob("fold*.tfrecord")
-                    if (m := FOLD_FILE.match(p.name))})
-    if not folds:
-        raise ConfigError(f"{folder}: no fold*-NNNNN-of-NNNNN.tfrecord files")
-    return folds
-
-
 def fold_patterns(data_dir: str | os.PathLike, fold: int) -> tuple[list[str], list[str]]:
     """(train globs, eval globs): train on every other fold, evaluate on ``fold``.
 
@@ -176,17 +166,17 @@ def fold_patterns(data_dir: str | os.PathLike, fold: int) -> tuple[list[str], li
     so its scores only show that the model learns).
     """
     folder = Path(data_dir).resolve()
-    folds = find_folds(folder)
-    pattern = str(folder / "fold{}-*.tfrecord")
+    folds = records.find_folds(folder)
+    if not folds:
+        raise ConfigError(f"{folder}: no fold*-NNNNN-of-NNNNN.tfrecord files")
     if fold == -1:
-        every = [pattern.format(k) for k in folds]
+        every = records.train_globs(folder, -1, folds)
         return every, every
     if fold not in folds:
         raise ConfigError(f"{folder}: no records for fold {fold}; folds present: {folds}")
     if len(folds) < 2:
         raise ConfigError(f"{folder}: only fold {fold}; nothing left to train on (use --fold -1)")
-    train = [pattern.format(k) for k in folds if k != fold]
-    return train, [pattern.format(fold)]
+    return records.train_globs(folder, fold, folds), [records.eval_glob(folder, fold)]
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -32,7 +32,6 @@ import pandas as pd
 DETECTIONS_HEADER = ["patientId", "x", "y", "width", "height", "score"]
 LABELS_HEADER = ["patientId", "x", "y", "width", "height", "Target"]
 SUBMISSION_HEADER = ["patientId", "PredictionString"]
-FOLDS_COLUMNS = ("patientId", "fold")
 
 
 class FormatError(ValueError):
@@ -296,23 +295,6 @@ def read_submission(path) -> BoxTable:
             score = _score(path, row, tokens[i])
             collector.add_box(row, patient_id, _box(path, row, tokens[i + 1:i + 5]), score)
     return collector.result()
-
-
-def read_fold_ids(path, fold: int) -> list[str]:
-    """The patientIds of ``fold`` in a ``folds.csv`` (columns ``patientId,fold,...``)."""
-    path = Path(path)
-    table = pd.read_csv(path, dtype={"patientId": str})
-    missing = [name for name in FOLDS_COLUMNS if name not in table.columns]
-    if missing:
-        raise FormatError(path, 1, f"missing column(s) {missing}")
-    folds = pd.to_numeric(table["fold"], errors="coerce")
-    bad = np.flatnonzero(folds.isna().to_numpy() | table["patientId"].isna().to_numpy())
-    if len(bad):
-        raise FormatError(path, int(bad[0]) + 2, f"bad row {table.iloc[bad[0]].tolist()}")
-    ids = table.loc[folds == fold, "patientId"].tolist()
-    if not ids:
-        raise FormatError(path, None, f"no image in fold {fold} (folds: {sorted(set(folds))})")
-    return ids
 
 
 # --- writing -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ LABEL_MAP_NAME = "label_map.pbtxt"
 TEST_PREFIX = "test"
 SHARD_SUFFIX = ".tfrecord"
 INCOMPLETE_SUFFIX = ".incomplete"
+FOLD_SHARD = re.compile(r"^fold(\d+)-\d{5}-of-\d{5}\.tfrecord$")
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,15 @@ def shard_glob(prefix: str) -> str:
     return f"{prefix}-?????-of-?????{SHARD_SUFFIX}"
 
 
-def train_globs(output_dir, fold: int, num_folds: int) -> list[str]:
-    """Input globs to train on while fold ``fold`` is held out: every other fold."""
-    return [str(Path(output_dir) / shard_glob(fold_prefix(k)))
-            for k in range(num_folds) if k != fold]
+def find_folds(output_dir) -> list[int]:
+    """The fold numbers that have finished ``fold{k}-*`` shards in a converted folder."""
+    names = (path.name for path in Path(output_dir).glob(shard_glob("fold*")))
+    return sorted({int(match.group(1)) for name in names if (match := FOLD_SHARD.match(name))})
+
+
+def train_globs(output_dir, fold: int, folds) -> list[str]:
+    """Input globs to train on while fold ``fold`` is held out: every other fold of ``folds``."""
+    return [str(Path(output_dir) / shard_glob(fold_prefix(k))) for k in folds if k != fold]
 
 
 def eval_glob(output_dir, fold: int) -> str:

@@ -38,6 +38,7 @@ import pandas as pd
 
 from tfod import boxes as box_ops
 from tfod import detections as det
+from tfod import splits
 from tfod.detections import BoxTable, ImageBoxes
 
 THRESHOLDS = np.array([0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75])
@@ -508,7 +509,7 @@ def evaluate_files(detections_csv, labels_csv, output_dir, folds_csv=None, fold:
     """:func:`evaluate` on a detections CSV against the official labels CSV (optionally a fold)."""
     if (folds_csv is None) != (fold is None):
         raise ValueError("give both folds_csv and fold, or neither")
-    fold_ids = None if folds_csv is None else det.read_fold_ids(folds_csv, fold)
+    fold_ids = None if folds_csv is None else splits.fold_ids(folds_csv, fold)
     ground_truth, detections, dropped = select_images(
         det.read_labels(labels_csv), det.read_detections(detections_csv), fold_ids,
         source=str(detections_csv),

@@ -22,6 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tfod.labels import PatientLabels
 
 FOLDS_COLUMNS = ("patientId", "fold", "target", "class", "view_position")
+REQUIRED_COLUMNS = ("patientId", "fold")
 
 
 def assign_folds(patient_ids, strata, num_folds: int, seed: int) -> dict[str, int]:
@@ -84,7 +85,30 @@ def write_folds_csv(table: pd.DataFrame, path) -> Path:
 
 
 def read_folds_csv(path) -> pd.DataFrame:
-    """Read a ``folds.csv`` back (class and view position as strings, '' when empty)."""
-    table = pd.read_csv(path, dtype={"patientId": str, "class": str, "view_position": str},
-                        keep_default_na=False)
-    return table[list(FOLDS_COLUMNS)]
+    """Read a ``folds.csv`` back (class and view position as strings, '' when empty).
+
+    ``patientId`` and ``fold`` are required; a row without an id or an integer fold is an
+    error naming the file and the row (the header is row 1).
+    """
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [name for name in REQUIRED_COLUMNS if name not in table.columns]
+    if missing:
+        raise ValueError(f"{path}, row 1: missing column(s) {missing}")
+    folds = pd.to_numeric(table["fold"], errors="coerce")
+    bad = np.flatnonzero(folds.isna().to_numpy() | (table["patientId"] == "").to_numpy()
+                         | (folds != folds.round()).to_numpy())
+    if len(bad):
+        raise ValueError(f"{path}, row {bad[0] + 2}: bad row {table.iloc[bad[0]].tolist()}")
+    table["fold"] = folds.astype(int)
+    if "target" in table.columns:
+        table["target"] = pd.to_numeric(table["target"]).astype(int)
+    return table[[name for name in FOLDS_COLUMNS if name in table.columns]]
+
+
+def fold_ids(path, fold: int) -> list[str]:
+    """The patientIds of ``fold`` in a ``folds.csv``; an error if the fold is empty."""
+    table = read_folds_csv(path)
+    ids = table.loc[table["fold"] == fold, "patientId"].tolist()
+    if not ids:
+        raise ValueError(f"{path}: no image in fold {fold} (folds: {sorted(set(table['fold']))})")
+    return ids
