@@ -1,0 +1,146 @@
+"""Launchers: start the trainer, the evaluator and TensorBoard for one run folder.
+
+:func:`launch_run` is what ``tfod-train`` calls: it writes the run's ``pipeline.config`` (built
+by :mod:`tfod.configs` from a model name, or copied from ``--pipeline_config``), refuses a
+changed config on an existing run (which otherwise resumes), checks the GPUs, records
+``launch.json`` and starts the ``local`` or ``docker`` backend, or with ``dry_run`` prints the
+run-folder plan and the exact commands and starts nothing.
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tfod.launch.common import (
+    LaunchError,
+    LaunchSpec,
+    adopt_config,
+    config_change,
+    config_inputs,
+    config_steps,
+    require_gpus,
+    write_launch_record,
+)
+from tfod.launch.docker import DockerLauncher
+from tfod.launch.local import LocalLauncher
+from tfod.launch.run_folder import RunFolder
+
+BACKENDS = ("local", "docker")
+
+__all__ = ["BACKENDS", "ConfigRequest", "LaunchError", "LaunchSpec", "default_run_dir",
+           "launch_run", "make_launcher", "plan_lines"]
+
+
+@dataclass
+class ConfigRequest:
+    """Where the run's config comes from: a model zoo name and a converted folder (built by
+    :func:`tfod.configs.build_config`), or an existing ``pipeline_config``."""
+
+    model: str | None = None
+    data_dir: str | None = None
+    fold: int = 0
+    image_size: int | None = None
+    batch_size: int | None = None
+    num_steps: int | None = None
+    learning_rate: float | None = None
+    fine_tune_checkpoint: str | None = None
+    overrides: Sequence[str] = field(default_factory=tuple)
+    pipeline_config: str | None = None
+
+    def __post_init__(self):
+        if bool(self.model) == bool(self.pipeline_config):
+            raise LaunchError("give either --model (with --data_dir and --fold) or "
+                              "--pipeline_config")
+        if self.model and not self.data_dir:
+            raise LaunchError("--model needs --data_dir (a converted folder)")
+
+    def write(self, output: Path) -> Path:
+        """Write the asked-for config to ``output``."""
+        if self.pipeline_config:
+            source = Path(self.pipeline_config)
+            if not source.is_file():
+                raise LaunchError(f"--pipeline_config {source} does not exist")
+            shutil.copyfile(source, output)
+            return output
+        from tfod import configs
+
+        return configs.build_config(
+            self.model, self.data_dir, self.fold, output, image_size=self.image_size,
+            batch_size=self.batch_size, num_steps=self.num_steps,
+            learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
+            overrides=tuple(self.overrides),
+        )
+
+
+def default_run_dir(request: ConfigRequest) -> Path:
+    """``runs/<model>-fold<k>``; for ``--pipeline_config`` inside a run folder, that folder."""
+    if request.model:
+        return Path("runs") / f"{request.model}-fold{request.fold}"
+    folder = Path(request.pipeline_config).resolve().parent
+    if RunFolder(folder).launch_json.exists():
+        return folder
+    raise LaunchError(f"--pipeline_config {request.pipeline_config} is not in a run folder: "
+                      "pass --run_dir")
+
+
+def make_launcher(spec: LaunchSpec, backend: str, echo: Callable[[str], None] = print):
+    if backend == "local":
+        return LocalLauncher(spec, echo=echo)
+    if backend == "docker":
+        return DockerLauncher(spec, echo=echo)
+    raise LaunchError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def plan_lines(spec: LaunchSpec, launcher, backend: str, change: str | None) -> list[str]:
+    """The --dry_run report: run folder, config status, mounts and the exact commands."""
+    run = spec.run
+    lines = run.plan()
+    if change:
+        lines.append(f"ERROR: {change}")
+    elif run.pipeline_config.exists():
+        lines.append("pipeline.config: identical to the run's: training resumes")
+    lines.append(f"steps: {spec.num_steps}, checkpoint every {spec.checkpoint_every}, "
+                 f"backend {backend}, gpus {spec.gpus or 'none (CPU)'}, "
+                 f"evaluator {spec.eval_device}, max restarts {spec.max_restarts}")
+    if backend == "docker":
+        lines.append("read-only mounts: " + ", ".join(map(str, spec.read_only_inputs)))
+    lines.append("commands:")
+    environments = launcher.environment() if backend == "local" else {}
+    for role, argv in launcher.commands().items():
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in environments.get(role, {}).items())
+        lines.append(f"  [{role}] " + (env + " " if env else "") + shlex.join(argv))
+    return lines
+
+
+def launch_run(request: ConfigRequest, run_dir: str | Path | None = None, backend: str = "local",
+               dry_run: bool = False, flags: dict | None = None,
+               echo: Callable[[str], None] = print, **options) -> int:
+    """Launch (or with ``dry_run`` plan) one training run; return the exit code.
+
+    ``options`` are :class:`LaunchSpec` fields (``checkpoint_every``, ``gpus``,
+    ``eval_device``, ``tensorboard_port``, ``max_restarts``, ``image``...).
+    """
+    if backend not in BACKENDS:
+        raise LaunchError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+    run = RunFolder(run_dir or default_run_dir(request))
+    with tempfile.TemporaryDirectory(prefix="tfod-config-") as tmp:
+        candidate = request.write(Path(tmp) / "pipeline.config")
+        num_steps = request.num_steps or config_steps(candidate)
+        if not num_steps:
+            raise LaunchError("no step count: pass --num_steps or set train_config.num_steps")
+        spec = LaunchSpec(run_dir=run.root, num_steps=num_steps,
+                          read_only_inputs=config_inputs(candidate), **options)
+        launcher = make_launcher(spec, backend, echo)
+        if dry_run:
+            echo("\n".join(plan_lines(spec, launcher, backend, config_change(run, candidate))))
+            return 0
+        require_gpus(spec)
+        adopt_config(run, candidate)
+    run.create()
+    write_launch_record(spec, backend, launcher.commands(), flags or {},
+                        image=spec.image if backend == "docker" else None)
+    return launcher.launch().exit_code

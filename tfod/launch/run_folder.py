@@ -1,0 +1,194 @@
+"""The run folder: one training run's config, logs, events, checkpoints and state.
+
+Layout (``RunFolder`` names every path; nothing else in tfod spells them)::
+
+    <run_dir>/
+      pipeline.config      the exact config the trainer and the evaluator read
+      launch.json          how the run was launched (backend, commands, flags, versions, commit)
+      logs/train.log       trainer output (appended across restarts and reruns)
+      logs/eval.log        evaluator output
+      train/               TensorBoard events of the trainer (losses, learning rate)
+      eval/                TensorBoard events of the evaluator (COCO metrics, rsna/score)
+      eval/evaluated.json  the checkpoints already evaluated, with their metrics
+      checkpoint, ckpt-*   the OD API's checkpoints (``ckpt-N``: N counts saves, not steps)
+      best_checkpoint      JSON: the checkpoint with the best rsna/score, its step and score
+      best/ckpt-*          a copy of that checkpoint, kept when the trainer deletes old ones
+      train_status.json    the trainer's state and heartbeat, read by the evaluator
+
+Only the standard library is used here (checkpoint steps are read through TensorFlow, imported
+when asked), so the launcher can plan a run without loading TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Trainer states written to train_status.json. The evaluator stops waiting in the terminal ones.
+LAUNCHED, RUNNING, FINISHED, FAILED, NAN_LOSS, STOPPED = (
+    "launched", "running", "finished", "failed", "nan_loss", "stopped"
+)
+TERMINAL_STATES = frozenset({FINISHED, NAN_LOSS, STOPPED})
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths inside one run folder."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+
+    @property
+    def pipeline_config(self) -> Path:
+        return self.root / "pipeline.config"
+
+    @property
+    def launch_json(self) -> Path:
+        return self.root / "launch.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def train_log(self) -> Path:
+        return self.logs / "train.log"
+
+    @property
+    def eval_log(self) -> Path:
+        return self.logs / "eval.log"
+
+    @property
+    def tensorboard_log(self) -> Path:
+        return self.logs / "tensorboard.log"
+
+    @property
+    def train_events(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def eval_events(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def evaluated(self) -> Path:
+        return self.eval_events / "evaluated.json"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.root / "best_checkpoint"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.root / "best"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "train_status.json"
+
+    def create(self) -> RunFolder:
+        for folder in (self.root, self.logs, self.train_events, self.eval_events):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def plan(self) -> list[str]:
+        """The layout, one line per entry, marking what exists already (for --dry_run)."""
+        entries = [
+            (self.pipeline_config, "the exact pipeline config of the run"),
+            (self.launch_json, "backend, commands, image, flags, versions, git commit"),
+            (self.train_log, "trainer output"),
+            (self.eval_log, "evaluator output"),
+            (self.train_events, "TensorBoard events: losses, learning rate"),
+            (self.eval_events, "TensorBoard events: COCO metrics and rsna/score"),
+            (self.root / "ckpt-*", "checkpoints (the trainer resumes from the latest)"),
+            (self.best_checkpoint, "best checkpoint by rsna/score (name, step, score)"),
+        ]
+        lines = [f"run folder {self.root}" + (" (exists: resuming)" if self.root.exists() else "")]
+        for path, what in entries:
+            mark = "exists" if path.exists() or list(path.parent.glob(path.name)) else "new"
+            lines.append(f"  {str(path.relative_to(self.root)):<20} {mark:<7} {what}")
+        return lines
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(temporary, path)
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+def write_status(run: RunFolder, state: str, **fields) -> None:
+    """Record the trainer's state with a timestamp (the evaluator's heartbeat)."""
+    write_json(run.status, {"state": state, "time": time.time(), "pid": os.getpid(), **fields})
+
+
+def read_status(run: RunFolder) -> dict:
+    return read_json(run.status, default={}) or {}
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file ('' when it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One saved checkpoint: its prefix path and the training step stored in it."""
+
+    path: Path
+    step: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def checkpoint_step(prefix) -> int:
+    """The global step saved in an OD API checkpoint."""
+    import tensorflow as tf
+
+    return int(tf.train.load_variable(str(prefix), "step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def list_checkpoints(run_dir) -> list[Checkpoint]:
+    """The checkpoints listed in ``run_dir/checkpoint`` that still exist, oldest first."""
+    import tensorflow as tf
+
+    state = tf.train.get_checkpoint_state(str(run_dir))
+    if state is None:
+        return []
+    found = []
+    for prefix in state.all_model_checkpoint_paths:
+        path = Path(run_dir).resolve() / Path(prefix).name
+        if path.with_name(path.name + ".index").exists():
+            try:
+                found.append(Checkpoint(path, checkpoint_step(path)))
+            except (tf.errors.NotFoundError, tf.errors.DataLossError):
+                continue  # deleted by the trainer's CheckpointManager while we looked
+    return found
+
+
+def latest_checkpoint(run_dir) -> Checkpoint | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
