@@ -20,7 +20,7 @@ $(STAMP): requirements/runtime.txt requirements/nodeps.txt requirements/dev.txt 
 	touch $@
 
 demo: venv
-	$(BIN)/python -m tfod.demo
+	$(BIN)/tfod-demo --output_dir demo_output
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

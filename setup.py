@@ -18,6 +18,7 @@ CONSOLE_SCRIPTS = {
     "tfod-evaluate": "tools.evaluate",
     "tfod-config": "tools.make_config",
     "tfod-train": "tools.train",
+    "tfod-demo": "tools.demo",
 }
 
 setup(

@@ -137,8 +137,9 @@ def test_run_folder_holds_everything(interrupted_run):
     best = json.loads(run.best_checkpoint.read_text())
     assert set(best) >= {"checkpoint", "step", "score", "threshold"}
     assert (run.best_dir / f"{best['checkpoint']}.index").is_file()
-    detections = run.eval_events / f"detections-step{NUM_STEPS}.csv"
+    detections = run.val_detections(NUM_STEPS)
     assert detections.read_text().startswith("patientId,x,y,width,height,score")
+    assert run.val_detections(best["step"]).read_bytes() == run.val_detections().read_bytes()
 
 
 @pytest.mark.slow

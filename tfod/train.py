@@ -394,7 +394,7 @@ class EvalSession:
         metrics = {name: float(value) for name, value in metrics.items()}
         if "detections" in self.results:
             det.write_detections(self.results["detections"],
-                                 self.run.eval_events / f"detections-step{checkpoint.step}.csv")
+                                 self.run.val_detections(checkpoint.step))
         return metrics
 
 
@@ -409,6 +409,8 @@ def keep_best(run: RunFolder, checkpoint: Checkpoint, metrics: Mapping[str, floa
     run.best_dir.mkdir()
     for file in checkpoint.path.parent.glob(checkpoint.name + ".*"):
         shutil.copy2(file, run.best_dir / file.name)
+    if run.val_detections(checkpoint.step).exists():
+        shutil.copy2(run.val_detections(checkpoint.step), run.val_detections())
     write_json(run.best_checkpoint, {
         "checkpoint": checkpoint.name, "step": checkpoint.step, "score": value,
         "threshold": metrics.get("rsna/threshold"), "path": str(run.best_dir / checkpoint.name),

@@ -13,6 +13,8 @@ Layout (``RunFolder`` names every path; nothing else in tfod spells them)::
       checkpoint, ckpt-*   the OD API's checkpoints (``ckpt-N``: N counts saves, not steps)
       best_checkpoint      JSON: the checkpoint with the best rsna/score, its step and score
       best/ckpt-*          a copy of that checkpoint, kept when the trainer deletes old ones
+      predictions/val-step{N}.csv   the evaluator's detections on the eval fold at step N
+      predictions/val.csv  those of the best checkpoint (the detections CSV of tfod-evaluate)
       train_status.json    the trainer's state and heartbeat, read by the evaluator
 
 Only the standard library is used here (checkpoint steps are read through TensorFlow, imported
@@ -87,11 +89,24 @@ class RunFolder:
         return self.root / "best"
 
     @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    def val_detections(self, step: int | None = None) -> Path:
+        """The eval fold's detections at ``step``; without a step, the best checkpoint's."""
+        return self.predictions / ("val.csv" if step is None else f"val-step{step}.csv")
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
     def status(self) -> Path:
         return self.root / "train_status.json"
 
     def create(self) -> RunFolder:
-        for folder in (self.root, self.logs, self.train_events, self.eval_events):
+        for folder in (self.root, self.logs, self.train_events, self.eval_events,
+                       self.predictions):
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -106,6 +121,7 @@ class RunFolder:
             (self.eval_events, "TensorBoard events: COCO metrics and rsna/score"),
             (self.root / "ckpt-*", "checkpoints (the trainer resumes from the latest)"),
             (self.best_checkpoint, "best checkpoint by rsna/score (name, step, score)"),
+            (self.val_detections(), "eval-fold detections of the best checkpoint"),
         ]
         lines = [f"run folder {self.root}" + (" (exists: resuming)" if self.root.exists() else "")]
         for path, what in entries:
