@@ -132,6 +132,21 @@ class BoxTable(Mapping[str, ImageBoxes]):
         """(I,) the number of boxes of each image."""
         return np.diff(self.offsets)
 
+    def box_indices(self, images: np.ndarray) -> np.ndarray:
+        """The indices of the boxes of ``images`` (indices into ``ids``), image after image."""
+        starts, counts = self.offsets[images], self.counts()[images]
+        shift = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        return np.arange(len(shift)) + shift
+
+    def max_scores(self, min_score: float = -np.inf) -> np.ndarray:
+        """(I,) each image's highest score; ``-inf`` where no box has ``score >= min_score``."""
+        scores = np.where(self.scores >= min_score, self.scores, -np.inf)
+        highest = np.full(len(self.ids), -np.inf)
+        with_boxes = np.flatnonzero(np.diff(self.offsets))
+        if len(with_boxes):
+            highest[with_boxes] = np.maximum.reduceat(scores, self.offsets[with_boxes])
+        return highest
+
     def subset(self, ids: Sequence[str]) -> BoxTable:
         """The images ``ids`` (each must be in the table), in that order."""
         rows = np.array([self._index[patient_id] for patient_id in ids], dtype=np.int64)

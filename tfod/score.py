@@ -18,11 +18,16 @@ Exactness choices:
   box in input order.
 * A minimum detection score ``s`` keeps the predictions with ``score >= s``.
 
-Speed: images are padded to a common number of boxes and the greedy matching runs as a loop
-over the prediction rank (at most the largest number of predictions on one image), each step
-vectorized over all images and all 8 thresholds. Because matching is greedy in score order, the
-matches of the top-``n`` predictions do not depend on the others: one matching serves every
-minimum score of a sweep.
+Speed: only images with both ground truth and predictions (the rows) can have hits, and in
+them only the candidates, predictions whose IoU with some true box exceeds the lowest threshold:
+the others never change the matching, they only count as FP. A cheap per-axis bound finds the
+pairs whose IoU may exceed it, and only those get the exact IoU. Candidates are padded per row
+by decreasing score. Rows whose candidates all prefer different true boxes, or each exceed the
+lowest threshold with one true box only (one true box is the common case), are matched without
+a loop; the rest run the greedy matching as a loop over the candidate rank, each step
+vectorized over the rows and the 8 thresholds. Because matching is
+greedy in score order, the matches of the top-``n`` predictions do not depend on the others:
+one matching serves every minimum score of a sweep.
 """
 from __future__ import annotations
 
@@ -51,22 +56,24 @@ BOX_SCALES = np.round(np.arange(70, 111) / 100, 2)  # 0.70, 0.71, ..., 1.10
 class Packed:
     """Ground truth and predictions of the images ``ids``, ready for matching.
 
-    Per image (I,): ``n_gt``, ``n_pred`` and ``max_score`` (``-inf`` without prediction);
-    per prediction: ``image_of_pred`` (its index in ``ids``) and ``scores``.
-    Only the ``rows`` (R,) images that have both ground truth and predictions can have hits;
-    theirs are padded: ``gt_boxes`` (R, G, 4), ``pred_boxes`` (R, P, 4) and ``pred_scores``
-    (R, P), predictions by decreasing score, ``-inf`` in the padding. Boxes are pixel
-    ``x, y, w, h``.
+    Only the predictions with a score of at least ``min_score`` count. Per image (I,): ``n_gt``
+    and ``max_score`` (``-inf`` without prediction); per prediction, counted or not:
+    ``image_of_pred`` (its index in ``ids``) and ``scores``.
+    Only the ``rows`` (R,) images that have both ground truth and predictions can have hits:
+    their true boxes are padded into ``gt_boxes`` (R, G, 4), zeros in the padding; their
+    predictions are listed flat, grouped by row: ``pred_row`` (N,), ``pred_boxes`` (N, 4) and
+    ``pred_scores`` (N,). Boxes are pixel ``x, y, w, h``.
     """
 
     ids: list[str]
+    min_score: float
     n_gt: np.ndarray
-    n_pred: np.ndarray
     max_score: np.ndarray
     image_of_pred: np.ndarray
     scores: np.ndarray
     rows: np.ndarray
     gt_boxes: np.ndarray
+    pred_row: np.ndarray
     pred_boxes: np.ndarray
     pred_scores: np.ndarray
 
@@ -77,76 +84,80 @@ class Packed:
         return dataclasses.replace(self, pred_boxes=box_ops.scale_xywh(self.pred_boxes, factor))
 
 
-def _pad(row_of_box: np.ndarray, n_rows: int, boxes: np.ndarray, scores: np.ndarray):
-    """Pad boxes into ``(n_rows, M, 4)`` and scores into ``(n_rows, M)``, by decreasing score.
-
-    ``row_of_box`` must be non-decreasing; equal scores keep their input order.
-    """
-    counts = np.bincount(row_of_box, minlength=n_rows)
-    width = max(int(counts.max(initial=0)), 1)
-    padded_boxes = np.zeros((n_rows, width, 4))
-    padded_scores = np.full((n_rows, width), -np.inf)
-    order = np.lexsort((-scores, row_of_box))
-    rank = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
-    padded_boxes[row_of_box, rank] = boxes[order]
-    padded_scores[row_of_box, rank] = scores[order]
-    return padded_boxes, padded_scores
+def _ranks(row: np.ndarray, n_rows: int):
+    """The position of each item within its row (``row`` non-decreasing), and the widest row."""
+    counts = np.bincount(row, minlength=n_rows)
+    rank = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rank, max(int(counts.max(initial=0)), 1)
 
 
-def _aligned(ground_truth: BoxTable, predictions: BoxTable) -> np.ndarray:
-    """For each prediction, the index of its image in ``ground_truth.ids``."""
-    if predictions.ids == ground_truth.ids:
-        return predictions.image
+def _pad(row: np.ndarray, rank: np.ndarray, shape: tuple[int, int], values: np.ndarray, fill):
+    """``values`` (N, ...) placed at ``[row, rank]`` of an array of ``shape`` (R, W) + (...)."""
+    padded = np.full(shape + values.shape[1:], fill, dtype=values.dtype)
+    padded[row, rank] = values
+    return padded
+
+
+def _has_nan(values: np.ndarray) -> bool:
+    """Whether ``values`` holds a NaN (``min`` propagates NaN, and is cheaper than ``isnan``)."""
+    return values.size > 0 and bool(np.isnan(values.min()))
+
+
+def _aligned(ground_truth: BoxTable, predictions: BoxTable) -> BoxTable:
+    """``predictions`` with the image indices of ``ground_truth.ids``."""
+    if predictions.ids is ground_truth.ids or predictions.ids == ground_truth.ids:
+        return predictions
     position = pd.Index(ground_truth.ids).get_indexer(predictions.ids)
     if (position < 0).any():
         unknown = [i for i, p in zip(predictions.ids, position, strict=True) if p < 0]
         raise ValueError(
             f"{len(unknown)} predicted image(s) have no ground truth, e.g. {sorted(unknown)[:3]}"
         )
-    return position[predictions.image]
+    return BoxTable(ground_truth.ids, position[predictions.image], predictions.boxes,
+                    predictions.scores)
 
 
-def pack(ground_truth: Mapping[str, ImageBoxes], predictions: Mapping[str, ImageBoxes]) -> Packed:
+def pack(ground_truth: Mapping[str, ImageBoxes], predictions: Mapping[str, ImageBoxes],
+         min_score: float = -np.inf) -> Packed:
     """Arrange the images of ``ground_truth`` for matching; see :class:`Packed`.
 
-    An image missing from ``predictions`` has no prediction; a prediction for an image that
-    is not in ``ground_truth`` is an error (it cannot be scored).
+    Only the predictions with ``score >= min_score`` are kept. An image missing from
+    ``predictions`` has no prediction; a prediction for an image that is not in
+    ``ground_truth`` is an error (it cannot be scored).
     """
-    truth, predicted = BoxTable.of(ground_truth), BoxTable.of(predictions)
-    if np.isnan(predicted.scores).any() or np.isnan(predicted.boxes).any():
+    truth = BoxTable.of(ground_truth)
+    predicted = _aligned(truth, BoxTable.of(predictions))
+    if _has_nan(predicted.scores) or _has_nan(predicted.boxes):
         raise ValueError("predicted boxes and scores must not be NaN")
-    image_of_pred = _aligned(truth, predicted)
-    n_images = len(truth.ids)
-    n_gt = truth.counts()
-    n_pred = np.bincount(image_of_pred, minlength=n_images)
-    max_score = np.full(n_images, -np.inf)
-    np.maximum.at(max_score, image_of_pred, predicted.scores)
-    rows = np.flatnonzero((n_gt > 0) & (n_pred > 0))
-    row_of_image = np.full(n_images, -1)
-    row_of_image[rows] = np.arange(len(rows))
-    gt_row = row_of_image[truth.image]
-    gt_keep = gt_row >= 0
-    gt_boxes, _ = _pad(gt_row[gt_keep], len(rows), truth.boxes[gt_keep],
-                       np.zeros(np.count_nonzero(gt_keep)))
-    pred_row = row_of_image[image_of_pred]
-    pred_keep = pred_row >= 0
-    by_row = np.argsort(pred_row[pred_keep], kind="stable")
-    pred_boxes, pred_scores = _pad(pred_row[pred_keep][by_row], len(rows),
-                                   predicted.boxes[pred_keep][by_row],
-                                   predicted.scores[pred_keep][by_row])
-    return Packed(truth.ids, n_gt, n_pred, max_score, image_of_pred, predicted.scores, rows,
-                  gt_boxes, pred_boxes, pred_scores)
+    n_gt, max_score = truth.counts(), predicted.max_scores(min_score)
+    rows = np.flatnonzero((n_gt > 0) & (max_score >= min_score))
+    gt_row = np.repeat(np.arange(len(rows)), n_gt[rows])
+    rank, width = _ranks(gt_row, len(rows))
+    gt_boxes = _pad(gt_row, rank, (len(rows), width),
+                    np.take(truth.boxes, truth.box_indices(rows), axis=0), 0.0)
+    pred_index = predicted.box_indices(rows)
+    pred_row = np.repeat(np.arange(len(rows)), predicted.counts()[rows])
+    row_kept = predicted.scores[pred_index] >= min_score
+    pred_index, pred_row = pred_index[row_kept], pred_row[row_kept]
+    return Packed(truth.ids, min_score, n_gt, max_score, predicted.image, predicted.scores, rows,
+                  gt_boxes, pred_row, np.take(predicted.boxes, pred_index, axis=0),
+                  predicted.scores[pred_index])
 
 
 @dataclass(frozen=True)
 class Matching:
-    """Greedy matches of every prediction of the :attr:`Packed.rows` at every IoU threshold.
+    """Greedy matches of the predictions of the :attr:`Packed.rows` at every IoU threshold.
 
-    ``hits`` (R, T, P): prediction ``k`` (in score order) hits a ground-truth box at threshold
-    ``THRESHOLDS[t]``; ``matched`` (R, T, P): the index of that box, -1 for none.
+    Only the candidates, the predictions whose IoU with some true box of their row exceeds the
+    lowest threshold, can hit; the others never change the matching. Per row, by decreasing
+    score: ``candidate_scores`` (R, C) (``-inf`` in the padding), ``candidate_boxes`` (R, C, 4);
+    ``hits`` (R, T, C): candidate ``k`` hits a true box at threshold ``THRESHOLDS[t]``;
+    ``matched`` (R, T, C): the index of that box, -1 for none.
     """
 
     packed: Packed
+    candidate_scores: np.ndarray
+    candidate_boxes: np.ndarray
     hits: np.ndarray
     matched: np.ndarray
 
@@ -156,23 +167,26 @@ class Matching:
 
     @functools.cached_property
     def _cumulative_hits(self) -> np.ndarray:
-        """(R, T, P + 1): hits among the first ``n`` predictions of each row."""
-        rows, thresholds, _ = self.hits.shape
-        return np.concatenate([np.zeros((rows, thresholds, 1), dtype=np.int64),
-                               np.cumsum(self.hits, axis=2)], axis=2)
+        """(C + 1, R, T): hits among the first ``n`` candidates of each row."""
+        rows, thresholds, width = self.hits.shape
+        cumulative = np.zeros((width + 1, rows, thresholds), dtype=np.int64)
+        for k in range(width):  # a loop over the few ranks beats a cumsum along a short axis
+            np.add(cumulative[k], self.hits[:, :, k], out=cumulative[k + 1])
+        return cumulative
 
     def _row_tp(self, min_score: float):
         """``kept`` (R,) and ``tp`` (R, T) of the rows at ``min_score``."""
-        kept = np.count_nonzero(self.packed.pred_scores >= min_score, axis=1)
-        cumulative = self._cumulative_hits
-        rows, thresholds = np.arange(len(kept))[:, None], np.arange(cumulative.shape[1])
-        tp = cumulative[rows, thresholds, kept[:, None]]
-        return kept, tp
+        packed = self.packed
+        kept = np.bincount(packed.pred_row[packed.pred_scores >= min_score],
+                           minlength=len(packed.rows))
+        candidates_kept = np.count_nonzero(self.candidate_scores >= min_score, axis=1)
+        rows, thresholds = np.arange(len(kept))[:, None], np.arange(len(THRESHOLDS))
+        return kept, self._cumulative_hits[candidates_kept[:, None], rows, thresholds]
 
     def kept(self, min_score: float) -> np.ndarray:
         """(I,) the number of predictions with ``score >= min_score``."""
         packed = self.packed
-        kept = packed.image_of_pred[packed.scores >= min_score]
+        kept = packed.image_of_pred[packed.scores >= max(min_score, packed.min_score)]
         return np.bincount(kept, minlength=len(packed.ids))
 
     def counts(self, min_score: float = 0.0):
@@ -217,68 +231,144 @@ class Matching:
             len(THRESHOLDS), np.nan)
 
 
-def _row_ious(packed: Packed) -> np.ndarray:
-    """(R, P, G) IoU of each row's predictions with its true boxes; 0 in the padding."""
-    n_rows, n_preds, n_truths = (*packed.pred_scores.shape, packed.gt_boxes.shape[1])
-    valid_pred = np.isfinite(packed.pred_scores)
-    valid_gt = np.arange(n_truths) < packed.n_gt[packed.rows, None]
-    row, k, g = np.nonzero(valid_pred[:, :, None] & valid_gt[:, None, :])
-    iou = np.zeros((n_rows, n_preds, n_truths))
-    iou[row, k, g] = box_ops.pairwise_iou_xywh(packed.pred_boxes[row, k, None, :],
-                                               packed.gt_boxes[row, g, None, :])[:, 0, 0]
-    return iou
+def _pairs(packed: Packed):
+    """Every (row prediction, true box of its row) pair: prediction indices and box indices."""
+    gt_of_pred = packed.n_gt[packed.rows][packed.pred_row]
+    per_box = [np.flatnonzero(gt_of_pred > g) for g in range(packed.gt_boxes.shape[1])]
+    return (np.concatenate(per_box),
+            np.repeat(np.arange(len(per_box)), [len(preds) for preds in per_box]))
 
 
-def _match_one_truth(iou: np.ndarray):
-    """Rows with one true box: the first prediction above the threshold takes it.
+def _close_pairs(packed: Packed, threshold: float):
+    """The pairs of :func:`_pairs` whose IoU may exceed ``threshold``, by a cheap test.
 
-    ``iou`` (S, P, 1); returns ``hits`` and ``matched`` (S, T, P).
+    Along each axis IoU <= overlap / max(size), computed from the corners as IoU is; a relative
+    margin of 1e-9 covers rounding. The x test runs first and leaves few pairs for the y test.
     """
-    above = iou[:, None, :, 0] > THRESHOLDS[:, None]  # (S, T, P)
-    first = above.argmax(axis=2)[..., None]
-    found = np.take_along_axis(above, first, axis=2)
-    hits = np.zeros_like(above)
-    np.put_along_axis(hits, first, found, axis=2)
-    return hits, np.where(hits, 0, -1)
+    pred, box = _pairs(packed)
+    pred_corners = box_ops.corners(packed.pred_boxes).T
+    gt_corners = box_ops.corners(packed.gt_boxes).reshape(-1, 4).T
+    for low, high in ((0, 2), (1, 3)):
+        gt = packed.pred_row[pred] * packed.gt_boxes.shape[1] + box
+        a_low, a_high = pred_corners[low, pred], pred_corners[high, pred]
+        b_low, b_high = gt_corners[low, gt], gt_corners[high, gt]
+        overlap = np.minimum(a_high, b_high) - np.maximum(a_low, b_low)
+        size = np.maximum(a_high - a_low, b_high - b_low)
+        close = np.flatnonzero(overlap > threshold * (1 - 1e-9) * size)
+        pred, box = pred[close], box[close]
+    return pred, box
+
+
+def _pred_ious(packed: Packed):
+    """The IoU of the row predictions with the true boxes of their rows, where it may matter.
+
+    Returns ``iou`` (N, G), exact where it exceeds the lowest threshold and 0 elsewhere (such an
+    IoU can neither hit nor beat one that does), and ``candidate`` (N,): some IoU exceeds it.
+    """
+    pred, box = _close_pairs(packed, THRESHOLDS[0])
+    gt = packed.pred_row[pred] * packed.gt_boxes.shape[1] + box
+    pred_boxes = np.take(packed.pred_boxes, pred, axis=0)[:, None, :]
+    gt_boxes = np.take(packed.gt_boxes.reshape(-1, 4), gt, axis=0)[:, None, :]
+    exact = box_ops.pairwise_iou_xywh(pred_boxes, gt_boxes)[:, 0, 0]
+    above = exact > THRESHOLDS[0]
+    iou = np.zeros((len(packed.pred_row), packed.gt_boxes.shape[1]))
+    iou[pred[above], box[above]] = exact[above]
+    candidate = np.zeros(len(packed.pred_row), dtype=bool)
+    candidate[pred[above]] = True
+    return iou, candidate
+
+
+def _candidates(packed: Packed):
+    """The candidates of each row by decreasing score (equal scores in input order).
+
+    Returns ``scores`` (R, C), ``boxes`` (R, C, 4), ``iou`` (R, C, G) and ``count`` (R,).
+    """
+    iou, candidate = _pred_ious(packed)
+    chosen = np.flatnonzero(candidate)
+    row = packed.pred_row[chosen]
+    rank, width = _ranks(row, len(packed.rows))
+    shape = (len(packed.rows), width)
+    order = np.argsort(-_pad(row, rank, shape, packed.pred_scores[chosen], -np.inf), axis=1,
+                       kind="stable")
+    by_score = np.take_along_axis(_pad(row, rank, shape, chosen, -1), order, axis=1)
+    chosen = by_score[by_score >= 0]  # still grouped by row, so ``row`` and ``rank`` hold
+    return (_pad(row, rank, shape, packed.pred_scores[chosen], -np.inf),
+            _pad(row, rank, shape, np.take(packed.pred_boxes, chosen, axis=0), 0.0),
+            _pad(row, rank, shape, iou[chosen], 0.0),
+            np.bincount(row, minlength=len(packed.rows)))
 
 
 def _match_greedy(iou: np.ndarray, n_gt: np.ndarray, n_pred: np.ndarray):
     """Rows with any number of true boxes: one step per prediction rank, all rows at once.
 
-    ``iou`` (M, P, G); returns ``hits`` and ``matched`` (M, T, P).
+    ``iou`` (M, P, G); returns ``hits`` and ``matched`` (M, T, P). The rows are taken by
+    decreasing ``n_pred``, so that the rows still matching at each step come first.
     """
+    order = np.argsort(-n_pred, kind="stable")
+    iou, n_pred = iou[order], n_pred[order]
     n_rows, n_preds, n_truths = iou.shape
     hits = np.zeros((n_rows, len(THRESHOLDS), n_preds), dtype=bool)
     matched = np.full(hits.shape, -1)
-    unmatched = np.repeat((np.arange(n_truths) < n_gt[:, None])[:, None, :], len(THRESHOLDS), 1)
+    unmatched = np.repeat((np.arange(n_truths) < n_gt[order, None])[:, None, :],
+                          len(THRESHOLDS), axis=1)
     for k in range(n_preds):
-        active = np.flatnonzero(n_pred > k)
-        candidates = np.where(unmatched[active], iou[active, k][:, None, :], -np.inf)  # (A,T,G)
+        active = np.count_nonzero(n_pred > k)
+        candidates = np.where(unmatched[:active], iou[:active, k, None, :], -np.inf)  # (A,T,G)
         best = candidates.argmax(axis=2)
         hit = np.take_along_axis(candidates, best[..., None], axis=2)[..., 0] > THRESHOLDS
-        image, threshold = np.nonzero(hit)
-        unmatched[active[image], threshold, best[image, threshold]] = False
-        hits[active, :, k] = hit
-        matched[active, :, k] = np.where(hit, best, -1)
-    return hits, matched
+        row, threshold = np.nonzero(hit)
+        unmatched[row, threshold, best[row, threshold]] = False
+        hits[:active, :, k] = hit
+        matched[:active, :, k] = np.where(hit, best, -1)
+    unsorted = np.argsort(order)
+    return hits[unsorted], matched[unsorted]
+
+
+def _preferred_boxes(iou: np.ndarray, count: np.ndarray):
+    """Each candidate's preferred true box (the first of its highest IoU) and that IoU (R, C),
+    and (R,) whether the candidates of each row all prefer different boxes."""
+    n_rows, n_candidates, n_truths = iou.shape
+    preferred = iou.argmax(axis=2)
+    real = np.arange(n_candidates) < count[:, None]
+    votes = np.bincount(np.nonzero(real)[0] * n_truths + preferred[real],
+                        minlength=n_rows * n_truths)
+    return (preferred, np.take_along_axis(iou, preferred[..., None], axis=2)[..., 0],
+            (votes.reshape(n_rows, n_truths) <= 1).all(axis=1))
+
+
+def _match_exclusive(best: np.ndarray, preferred: np.ndarray, n_truths: int):
+    """Rows where each candidate exceeds the lowest threshold with one true box only: it can
+    hit no other, so of the candidates that prefer a box, the first above the threshold takes
+    it (one true box is the common case).
+
+    ``best`` and ``preferred`` (S, P); returns ``hits`` and ``matched`` (S, T, P).
+    """
+    above = best[:, None, :] > THRESHOLDS[:, None]  # (S, T, P)
+    hits = np.zeros_like(above)
+    for box in range(n_truths):
+        wants = above & (preferred == box)[:, None, :]
+        hits |= wants & (np.arange(above.shape[2]) == wants.argmax(axis=2)[..., None])
+    return hits, np.where(hits, preferred[:, None, :], -1)
 
 
 def match_packed(packed: Packed) -> Matching:
-    """Run the greedy matching of the rows (see the module docstring).
+    """Run the greedy matching of the rows' candidates (see the module docstring).
 
-    Rows with one true box, the most common case, need no loop: the first prediction above
-    the threshold hits. The others go through :func:`_match_greedy`.
+    Most rows need no loop. When the candidates of a row all prefer different true boxes, none
+    takes another's box: each hits its preferred one when above the threshold. Rows where each
+    candidate can hit one box only go through :func:`_match_exclusive`, the others through
+    :func:`_match_greedy`.
     """
-    n_rows, n_preds = packed.pred_scores.shape
-    hits = np.zeros((n_rows, len(THRESHOLDS), n_preds), dtype=bool)
-    matched = np.full(hits.shape, -1)
-    iou = _row_ious(packed)
-    n_gt = packed.n_gt[packed.rows]
-    single, several = n_gt == 1, n_gt > 1
-    hits[single], matched[single] = _match_one_truth(iou[single, :, :1])
-    n_pred = np.count_nonzero(np.isfinite(packed.pred_scores[several]), axis=1)
-    hits[several], matched[several] = _match_greedy(iou[several], n_gt[several], n_pred)
-    return Matching(packed, hits, matched)
+    scores, boxes, iou, count = _candidates(packed)
+    preferred, best, apart = _preferred_boxes(iou, count)
+    hits = best[:, None, :] > THRESHOLDS[:, None]  # right for the rows apart
+    matched = np.where(hits, preferred[:, None, :], -1)
+    exclusive = np.count_nonzero(iou, axis=2).max(axis=1, initial=0) <= 1  # iou is 0 or above
+    rows = np.flatnonzero(~apart & exclusive)
+    hits[rows], matched[rows] = _match_exclusive(best[rows], preferred[rows], iou.shape[2])
+    rows, n_gt = np.flatnonzero(~apart & ~exclusive), packed.n_gt[packed.rows]
+    hits[rows], matched[rows] = _match_greedy(iou[rows], n_gt[rows], count[rows])
+    return Matching(packed, scores, boxes, hits, matched)
 
 
 def match(ground_truth: Mapping[str, ImageBoxes], predictions: Mapping[str, ImageBoxes],
@@ -291,10 +381,8 @@ def competition_score(ground_truth: Mapping[str, ImageBoxes],
                       predictions: Mapping[str, ImageBoxes],
                       min_score: float = 0.0, box_scale: float = 1.0) -> float:
     """The competition score of ``predictions`` over the images of ``ground_truth``."""
-    predictions = BoxTable.of(predictions)
-    if min_score > 0:  # fewer boxes to match; the kept ones match the same way
-        predictions = predictions.above(min_score)
-    return match(ground_truth, predictions, box_scale).score(min_score)
+    packed = pack(ground_truth, predictions, min_score)  # the kept ones match the same way
+    return match_packed(packed.scaled(box_scale)).score(min_score)
 
 
 def score_curve(ground_truth: Mapping[str, ImageBoxes], predictions: Mapping[str, ImageBoxes],
@@ -349,11 +437,10 @@ def fit_box_scale(packed: Packed, scales=BOX_SCALES, min_scores=MIN_SCORES,
 def matched_pairs(matching: Matching, min_score: float, iou: float = THRESHOLDS[0]):
     """``(predicted, true)`` pixel ``x, y, w, h`` boxes (K, 4) of the hits at IoU ``iou``."""
     t = int(np.flatnonzero(THRESHOLDS == iou)[0])
-    kept = matching._row_tp(min_score)[0]
-    hits = matching.hits[:, t, :] & (np.arange(matching.hits.shape[2]) < kept[:, None])
-    image, rank = np.nonzero(hits)
-    truth = matching.packed.gt_boxes[image, matching.matched[image, t, rank]]
-    return matching.packed.pred_boxes[image, rank], truth
+    hits = matching.hits[:, t, :] & (matching.candidate_scores >= min_score)
+    row, rank = np.nonzero(hits)
+    truth = matching.packed.gt_boxes[row, matching.matched[row, t, rank]]
+    return matching.candidate_boxes[row, rank], truth
 
 
 def _spread(values: np.ndarray) -> dict:
