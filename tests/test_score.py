@@ -133,6 +133,15 @@ images = st.dictionaries(
     st.tuples(boxes, st.lists(st.tuples(coordinate, coordinate, size, size, scores), max_size=6)),
     max_size=6,
 )
+# Heavily overlapping boxes: several predictions compete for several true boxes, so the
+# matching cannot be decided box by box and the greedy loop runs.
+near, similar = st.integers(0, 5), st.integers(8, 13)
+dense_images = st.dictionaries(
+    st.text("abcdef", min_size=1, max_size=3),
+    st.tuples(st.lists(st.tuples(near, near, similar, similar), min_size=2, max_size=4),
+              st.lists(st.tuples(near, near, similar, similar, scores), min_size=2, max_size=6)),
+    min_size=1, max_size=4,
+)
 
 
 def _split(data):
@@ -161,6 +170,14 @@ def _same(fast, slow):
 def test_matches_reference(data):
     ground_truth, predictions = _split(data)
     _same(score.competition_score(ground_truth, predictions), _reference(ground_truth, predictions))
+
+
+@settings(max_examples=300, deadline=None)
+@given(dense_images, st.sampled_from([0.0, 0.5]))
+def test_dense_overlaps_match_reference(data, min_score):
+    ground_truth, predictions = _split(data)
+    _same(score.competition_score(ground_truth, predictions, min_score),
+          _reference(ground_truth, predictions, min_score))
 
 
 @settings(max_examples=100, deadline=None)
