@@ -24,7 +24,7 @@ import tfod.compat  # noqa: F401
 from object_detection.core.standard_fields import InputDataFields as Fields
 from object_detection.data_decoders.tf_example_decoder import TfExampleDecoder
 
-from tfod import convert, records, splits
+from tfod import convert, dicom, records, splits
 
 
 def read_back(output_dir, pattern="*.tfrecord", dct_method="INTEGER_ACCURATE") -> dict:
@@ -132,6 +132,22 @@ def test_rerun_with_two_workers_is_byte_identical(converted_sample, tmp_path):
         assert (tmp_path / name).read_bytes() == (converted_sample / name).read_bytes()
     assert not any(path.exists() for path in stale)
     assert (tmp_path / "folds.csv").read_bytes() == (converted_sample / "folds.csv").read_bytes()
+
+
+def test_worker_sends_where_the_frame_is_and_the_parent_reads_it_back(tmp_path):
+    path = tmp_path / "copy.dcm"
+    shutil.copy(SAMPLE_DICOMS / f"{POS_CLIPPED}.dcm", path)
+    whole = dicom.prepare_image(path, "passthrough")
+    sent = dicom.prepare_in_worker((str(path), "passthrough", 0, 95))
+    assert sent.encoded == b"" and sent.frame_span == (sent.frame_span[0], len(whole.encoded))
+    assert dicom.restore_frame(sent) == whole
+    data = bytearray(path.read_bytes())
+    data[sent.frame_span[0] + 1000] ^= 0xFF  # the file changes after the worker read it
+    path.write_bytes(bytes(data))
+    changed = dicom.restore_frame(sent)
+    assert isinstance(changed, dicom.DicomError) and "changed" in changed.reason
+    png = dicom.prepare_in_worker((str(path), "png", 64, 95))
+    assert png.frame_span is None and dicom.restore_frame(png) is png and png.encoded
 
 
 def test_png_resized_records(converted_sample, sample_records, tmp_path):
@@ -264,6 +280,18 @@ def test_bad_inputs_records(bad_inputs, official_labels):
     np.testing.assert_allclose(boxes[POS_CLIPPED], clipped, rtol=1e-6)
     assert len(boxes[POS_NAN_ROW]) == 1 and len(boxes[NEG_CONFLICT]) == 1
     assert len(boxes[NEG_DUPLICATED]) == 0
+
+
+def test_bad_inputs_with_two_workers_give_the_same_output(bad_inputs, tmp_path):
+    dicom_dir, labels_csv, output_dir, manifest = bad_inputs
+    again = convert.convert(dicom_dir, tmp_path, labels_csv, num_folds=2, workers=2,
+                            progress=False)
+    names = sorted(p.name for p in output_dir.glob("*.tfrecord"))
+    assert sorted(p.name for p in tmp_path.glob("*.tfrecord")) == names
+    for name in names:
+        assert (tmp_path / name).read_bytes() == (output_dir / name).read_bytes()
+    for key in ("counts", "shards", "skipped", "notes"):
+        assert again[key] == manifest[key]
 
 
 def test_bad_inputs_every_label_line_accounted_for(bad_inputs):

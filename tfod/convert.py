@@ -12,8 +12,12 @@ happened in ``manifest.json``. Output folder::
 
 Bad inputs never stop the run: each becomes a ``skipped`` (dropped) or ``notes`` (kept but
 changed, e.g. a clipped box) entry naming its file and CSV line; ``strict=True`` turns any of
-them into :class:`StrictModeError`. TensorFlow is imported only inside :func:`convert`, so
-the spawned worker processes, which re-import the caller's main module, stay light.
+them into :class:`StrictModeError`.
+
+The worker pool starts first, so that its processes boot while this one imports TensorFlow,
+reads the labels and splits the folds. Workers are spawned (a fresh interpreter: TensorFlow's
+threads make forking unsafe) and re-import the caller's main module, so this module imports
+neither TensorFlow nor scikit-learn at the top.
 """
 from __future__ import annotations
 
@@ -32,12 +36,13 @@ from tqdm import tqdm
 
 import tfod
 from tfod import boxes as box_ops
-from tfod import splits
 from tfod.dicom import (
     DEFAULT_JPEG_QUALITY,
     IMAGE_FORMATS,
     DicomError,
     PreparedImage,
+    prepare_in_worker,
+    restore_frame,
     try_prepare_image,
 )
 from tfod.labels import Issue, LabelSet, PatientLabels, load_labels
@@ -49,6 +54,7 @@ EXPECTED_SIZE = (1024, 1024)
 MANIFEST_NAME = "manifest.json"
 FOLDS_NAME = "folds.csv"
 ISSUES_LOGGED = 20
+MAX_CHUNK = 64  # images a worker reads per task: fewer, larger messages between processes
 _OUR_FILES = re.compile(r"^\.?(fold\d+|test)-\d{5}-of-\d{5}\.tfrecord(\.incomplete)?$")
 
 
@@ -127,6 +133,7 @@ def plan_test_set(dicoms: dict[str, Path], images_per_shard: int) -> Plan:
 def plan_training_set(dicoms: dict[str, Path], labels: LabelSet, labels_csv, num_folds: int,
                       seed: int, images_per_shard: int) -> Plan:
     """Match DICOMs with labels, split the matched patients into folds, and lay out shards."""
+    from tfod import splits
     from tfod.records import fold_prefix
 
     skipped = list(labels.issues)
@@ -146,17 +153,31 @@ def plan_training_set(dicoms: dict[str, Path], labels: LabelSet, labels_csv, num
     return Plan(shards, folds, skipped)
 
 
-def prepared_images(paths: list[Path], image_format: str, max_size: int, jpeg_quality: int,
-                    workers: int) -> Iterator[PreparedImage | DicomError]:
-    """Read and encode ``paths`` in order, in ``workers`` spawned processes (or in this one)."""
-    tasks = [(str(path), image_format, max_size, jpeg_quality) for path in paths]
-    workers = min(workers, len(tasks))
-    if workers <= 1:
-        yield from map(try_prepare_image, tasks)
-        return
-    chunksize = max(1, min(32, len(tasks) // (workers * 8)))
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(try_prepare_image, tasks, chunksize=chunksize)
+class ImageReader:
+    """Reads and encodes DICOMs in order, in ``workers`` spawned processes (or in this one).
+
+    Create it before slow set-up work: the processes boot meanwhile. Use as a context manager.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+
+    def read(self, paths: list[Path], image_format: str, max_size: int,
+             jpeg_quality: int) -> Iterator[PreparedImage | DicomError]:
+        """One result per path, in the order of ``paths``."""
+        tasks = [(str(path), image_format, max_size, jpeg_quality) for path in paths]
+        if self._pool is None:
+            return map(try_prepare_image, tasks)
+        chunksize = max(1, min(MAX_CHUNK, len(tasks) // (self.workers * 8)))
+        return map(restore_frame, self._pool.imap(prepare_in_worker, tasks, chunksize=chunksize))
+
+    def __enter__(self) -> ImageReader:
+        return self
+
+    def __exit__(self, *error) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
 
 
 class _Recorder:
@@ -288,24 +309,25 @@ def convert(
     """
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     _check_options(image_format, images_per_shard, max_size, num_folds)
-    from tfod import records  # TensorFlow loads here: see the module docstring
+    with ImageReader(workers or os.cpu_count() or 1) as reader:  # boots during the set-up
+        from tfod import records, splits  # TensorFlow loads here: see the module docstring
 
-    output_dir = Path(output_dir)
-    dicoms = find_dicoms(dicom_dir)
-    labels = load_labels(labels_csv, class_info_csv, headers_csv) if labels_csv else None
-    if labels:
-        plan = plan_training_set(dicoms, labels, labels_csv, num_folds, seed, images_per_shard)
-    else:
-        plan = plan_test_set(dicoms, images_per_shard)
-    if strict and plan.skipped:
-        raise StrictModeError(plan.skipped, "found before converting; nothing written")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    records.write_label_map(output_dir)
-    recorder = _Recorder(dicoms, labels, labels_csv, plan)
-    ordered = [dicoms[p] for shard in plan.shards for p in shard.patient_ids]
-    results = prepared_images(ordered, image_format, max_size, jpeg_quality,
-                              workers or os.cpu_count() or 1)
-    shards = write_shards(output_dir, plan, results, recorder, progress)
+        output_dir = Path(output_dir)
+        dicoms = find_dicoms(dicom_dir)
+        labels = load_labels(labels_csv, class_info_csv, headers_csv) if labels_csv else None
+        if labels:
+            plan = plan_training_set(dicoms, labels, labels_csv, num_folds, seed,
+                                     images_per_shard)
+        else:
+            plan = plan_test_set(dicoms, images_per_shard)
+        if strict and plan.skipped:
+            raise StrictModeError(plan.skipped, "found before converting; nothing written")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        records.write_label_map(output_dir)
+        recorder = _Recorder(dicoms, labels, labels_csv, plan)
+        ordered = [dicoms[p] for shard in plan.shards for p in shard.patient_ids]
+        results = reader.read(ordered, image_format, max_size, jpeg_quality)
+        shards = write_shards(output_dir, plan, results, recorder, progress)
     if labels:
         table = splits.folds_table(_converted_folds(plan, recorder), labels.patients,
                                    recorder.view_positions)

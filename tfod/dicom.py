@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +69,19 @@ class PreparedImage:
     sha256: str
     header: DicomHeader
     passthrough: bool  # True when ``encoded`` is the DICOM's own JPEG frame
+    path: str = ""  # the DICOM file
+    frame_span: tuple[int, int] | None = None  # (offset, length) of a passthrough frame in the file
 
 
-def read_dataset(path) -> pydicom.Dataset:
-    """Read a DICOM with its pixel data; :class:`DicomError` if truncated, foreign or empty."""
+def read_dataset(path, data: bytes | None = None) -> pydicom.Dataset:
+    """Read a DICOM with its pixel data; :class:`DicomError` if truncated, foreign or empty.
+
+    ``data``: the file's bytes, when already read.
+    """
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            dataset = pydicom.dcmread(path)
+            dataset = pydicom.dcmread(path if data is None else io.BytesIO(data))
     except Exception as error:  # pydicom raises many types for a damaged file
         raise DicomError(path, f"not a readable DICOM file ({error})") from error
     if any("End of file reached" in str(w.message) for w in caught):
@@ -215,14 +220,18 @@ def prepare_image(
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     path = Path(path)
-    dataset = read_dataset(path)
+    data = read_bytes(path)
+    dataset = read_dataset(path, data)
     header = read_header(dataset)
     target_size = max_size if max_size > 0 else max(header.rows, header.columns)
     keep_size = target_size == max(header.rows, header.columns)
     passthrough = image_format == "passthrough" and keep_size and can_pass_through(dataset)
+    frame_span = None
     if passthrough:
         encoded, out_format = jpeg_frame(dataset, path), "jpeg"
         height, width = header.rows, header.columns
+        offset = find_in(data, encoded)
+        frame_span = None if offset is None else (offset, len(encoded))
     else:
         image = resize_longer_side(decode_8bit(dataset, path), target_size)
         out_format = "jpeg" if image_format == "jpeg" else "png"
@@ -238,7 +247,25 @@ def prepare_image(
         sha256=hashlib.sha256(encoded).hexdigest(),
         header=header,
         passthrough=passthrough,
+        path=str(path),
+        frame_span=frame_span,
     )
+
+
+def read_bytes(path) -> bytes:
+    """The bytes of the file at ``path``; :class:`DicomError` if it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise DicomError(path, f"cannot read the file ({error})") from error
+
+
+def find_in(data: bytes, part: bytes) -> int | None:
+    """The offset of ``part`` in ``data`` (the first whole match), or None."""
+    offset = data.find(part[:64])
+    while offset >= 0 and data[offset:offset + len(part)] != part:
+        offset = data.find(part[:64], offset + 1)
+    return offset if offset >= 0 else None
 
 
 def try_prepare_image(task: tuple) -> PreparedImage | DicomError:
@@ -247,3 +274,29 @@ def try_prepare_image(task: tuple) -> PreparedImage | DicomError:
         return prepare_image(*task)
     except DicomError as error:
         return error
+
+
+def prepare_in_worker(task: tuple) -> PreparedImage | DicomError:
+    """:func:`try_prepare_image`, leaving out a passthrough frame that lies in one piece in the
+    file: a worker sends back only where it is (much less to copy between processes), and
+    :func:`restore_frame` reads it back."""
+    image = try_prepare_image(task)
+    if isinstance(image, PreparedImage) and image.frame_span:
+        return replace(image, encoded=b"")
+    return image
+
+
+def restore_frame(image: PreparedImage | DicomError) -> PreparedImage | DicomError:
+    """Read a frame left out by :func:`prepare_in_worker` back from its file, checked by sha256."""
+    if isinstance(image, DicomError) or image.encoded or not image.frame_span:
+        return image
+    offset, length = image.frame_span
+    try:
+        with open(image.path, "rb") as stream:
+            stream.seek(offset)
+            encoded = stream.read(length)
+    except OSError as error:
+        return DicomError(image.path, f"cannot read the JPEG frame back ({error})")
+    if hashlib.sha256(encoded).hexdigest() != image.sha256:
+        return DicomError(image.path, "file changed while it was being converted")
+    return replace(image, encoded=encoded)
