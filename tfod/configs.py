@@ -676,25 +676,10 @@ def write_config(configs: Mapping, output: str | os.PathLike) -> Path:
     return output
 
 
-def build_config(
-    model: str,
-    data_dir: str | os.PathLike,
-    fold: int,
-    output: str | os.PathLike,
-    image_size: int | None = None,
-    batch_size: int | None = None,
-    num_steps: int | None = None,
-    learning_rate: float | None = None,
-    fine_tune_checkpoint: str | os.PathLike | None = None,
-    overrides: Iterable = (),
-) -> Path:
-    """Build the config (see :func:`build_configs`), write it to ``output``, return its path."""
-    configs = build_configs(
-        model, data_dir, fold, image_size=image_size, batch_size=batch_size,
-        num_steps=num_steps, learning_rate=learning_rate,
-        fine_tune_checkpoint=fine_tune_checkpoint, overrides=overrides,
-    )
-    return write_config(configs, output)
+def build_config(model: str, data_dir: str | os.PathLike, fold: int,
+                 output: str | os.PathLike, **options) -> Path:
+    """:func:`build_configs` (``options`` are its keyword arguments), written to ``output``."""
+    return write_config(build_configs(model, data_dir, fold, **options), output)
 
 
 def describe_config(path: str | os.PathLike) -> str:
