@@ -214,6 +214,24 @@ def test_per_image_scores_and_counts_match_reference(data):
         assert (tp[i] + fn[i] == len(lists[key][0])).all()
 
 
+@settings(max_examples=200, deadline=None)
+@given(dense_images, st.sampled_from([0.0, 0.3, 0.5, 0.9]), st.sampled_from([0.9, 1.0, 1.1]))
+def test_one_score_agrees_with_the_matching(data, min_score, factor):
+    """The direct path of ``competition_score`` against the full matching and the reference."""
+    ground_truth, predictions = _split(data)
+    direct = score.competition_score(ground_truth, predictions, min_score, box_scale=factor)
+    _same(direct, score.match(ground_truth, predictions, box_scale=factor).score(min_score))
+    scaled = {k: ImageBoxes(scale_xywh(v.boxes, factor), v.scores) for k, v in predictions.items()}
+    _same(direct, _reference(ground_truth, scaled if factor != 1.0 else predictions, min_score))
+
+
+def test_nan_predictions_are_an_error():
+    with pytest.raises(ValueError, match="NaN"):
+        one_image(truth(BOX), predicted(([np.nan, 0, 10, 10], 0.5)))
+    with pytest.raises(ValueError, match="NaN"):
+        one_image(truth(BOX), predicted((BOX, np.nan)))
+
+
 # --- the full official labels -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -233,6 +251,24 @@ def test_labels_shrunk_to_80_percent_score_what_the_reference_gives(labels):
     fast = score.competition_score(labels, shrunk)
     assert fast == pytest.approx(_reference(labels, shrunk), rel=1e-12)
     assert fast == pytest.approx(5 / 8)  # IoU 0.64: hits at 0.40 .. 0.60
+
+
+def _noisy(labels: BoxTable, rng) -> BoxTable:
+    """Jittered, duplicated and false boxes with random scores for each image of ``labels``."""
+    jittered = labels.boxes + rng.normal(0, 0.1, labels.boxes.shape) * labels.boxes[:, [2, 3, 2, 3]]
+    false_image = rng.integers(0, len(labels.ids), 3 * len(labels.ids))
+    false_boxes = np.column_stack([rng.uniform(0, 800, (len(false_image), 2)),
+                                   rng.uniform(50, 400, (len(false_image), 2))])
+    image = np.concatenate([labels.image, labels.image, false_image])
+    boxes = np.concatenate([jittered, scale_xywh(jittered, 1.3), false_boxes])
+    return BoxTable(labels.ids, image, boxes, rng.random(len(image)))
+
+
+@pytest.mark.parametrize("min_score", [0.0, 0.5])
+def test_noisy_predictions_on_real_labels_score_what_the_reference_gives(labels, min_score):
+    some = labels.subset(labels.ids[:3000])
+    noisy = _noisy(some, np.random.default_rng(0))
+    _same(score.competition_score(some, noisy, min_score), _reference(some, noisy, min_score))
 
 
 @pytest.mark.parametrize(("enlargement", "expected"), [(1.25, 0.92), (1.5, 0.76)])

@@ -104,18 +104,45 @@ def clip_xywh(boxes, width: float, height: float) -> Clipped:
     return Clipped(from_corners(inside[~outside]), clipped, outside)
 
 
+class CornerColumns(NamedTuple):
+    """Pixel corners and areas as separate arrays of one shape, for IoU of chosen pairs."""
+
+    x1: np.ndarray
+    y1: np.ndarray
+    x2: np.ndarray
+    y2: np.ndarray
+    area: np.ndarray  # from the corners: (x2 - x1) * (y2 - y1)
+
+    def take(self, index) -> CornerColumns:
+        """The boxes at ``index`` (any numpy index) of each column."""
+        return CornerColumns(*(column[index] for column in self))
+
+
+def corner_columns(boxes_xywh) -> CornerColumns:
+    """Pixel ``x, y, w, h`` boxes (..., 4) -> :class:`CornerColumns` of shape (...)."""
+    x1, y1, w, h = np.moveaxis(_as_boxes(boxes_xywh), -1, 0)
+    x2, y2 = x1 + w, y1 + h
+    return CornerColumns(x1, y1, x2, y2, (x2 - x1) * (y2 - y1))
+
+
+def paired_iou(a: CornerColumns, b: CornerColumns) -> np.ndarray:
+    """IoU of box ``a[k]`` with box ``b[k]`` (shapes broadcast); 0 where the union is empty.
+
+    The float operations of :func:`pairwise_iou_xywh`, which uses it.
+    """
+    iw = np.clip(np.minimum(a.x2, b.x2) - np.maximum(a.x1, b.x1), 0, None)
+    ih = np.clip(np.minimum(a.y2, b.y2) - np.maximum(a.y1, b.y1), 0, None)
+    intersection = iw * ih
+    union = a.area + b.area - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, intersection / np.where(union > 0, union, 1), 0.0)
+
+
 def pairwise_iou_xywh(a, b) -> np.ndarray:
     """IoU of every box in ``a`` (..., N, 4) with every box in ``b`` (..., M, 4): (..., N, M).
 
     Leading dimensions broadcast, so padded batches of images are compared at once.
     Boxes of zero area have IoU 0 with everything.
     """
-    ca, cb = corners(a)[..., :, None, :], corners(b)[..., None, :, :]
-    iw = np.clip(np.minimum(ca[..., 2], cb[..., 2]) - np.maximum(ca[..., 0], cb[..., 0]), 0, None)
-    ih = np.clip(np.minimum(ca[..., 3], cb[..., 3]) - np.maximum(ca[..., 1], cb[..., 1]), 0, None)
-    intersection = iw * ih
-    area_a = (ca[..., 2] - ca[..., 0]) * (ca[..., 3] - ca[..., 1])
-    area_b = (cb[..., 2] - cb[..., 0]) * (cb[..., 3] - cb[..., 1])
-    union = area_a + area_b - intersection
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, intersection / np.where(union > 0, union, 1), 0.0)
+    return paired_iou(corner_columns(a).take((..., slice(None), None)),
+                      corner_columns(b).take((..., None, slice(None))))
