@@ -4,10 +4,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import LABELS_CSV, SAMPLE_DICOMS
 
 from tfod import configs
+from tfod.convert import convert
 
 # isort: split
 from object_detection import model_lib_v2
@@ -26,13 +29,8 @@ def _scalars(event_dir: Path, tag: str) -> dict[int, float]:
     return values
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model", ["ssd_mobilenet_v2", "faster_rcnn_resnet50",
-                                   "centernet_resnet50_fpn"])
-def test_generated_config_trains_with_a_finite_loss(model, converted_sample, tmp_path):
-    config = configs.build_config(model, converted_sample, 0, tmp_path / "pipeline.config",
-                                  image_size=128, batch_size=2, num_steps=STEPS)
-    run_dir = tmp_path / "run"
+def _train_a_few_steps(config: Path, run_dir: Path) -> None:
+    """``STEPS`` OD API training steps of ``config``; every logged loss is finite."""
     summary = {}
     model_lib_v2.train_loop(
         pipeline_config_path=str(config), model_dir=str(run_dir),
@@ -45,3 +43,33 @@ def test_generated_config_trains_with_a_finite_loss(model, converted_sample, tmp
     assert all(math.isfinite(loss) for loss in losses.values()), losses
     assert math.isfinite(summary["last_batch_loss"])
     assert tf.train.latest_checkpoint(str(run_dir)).endswith("ckpt-2")  # step 0 and STEPS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["ssd_mobilenet_v2", "faster_rcnn_resnet50",
+                                   "centernet_resnet50_fpn"])
+def test_generated_config_trains_with_a_finite_loss(model, converted_sample, tmp_path):
+    config = configs.build_config(model, converted_sample, 0, tmp_path / "pipeline.config",
+                                  image_size=128, batch_size=2, num_steps=STEPS)
+    _train_a_few_steps(config, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_mask_rcnn_trains_on_box_masks_with_a_finite_loss(tmp_path):
+    labels = pd.read_csv(LABELS_CSV)
+    sample = [path.stem for path in SAMPLE_DICOMS.glob("*.dcm")]
+    positives = labels[labels.patientId.isin(sample) & (labels.Target == 1)]
+    positives.to_csv(tmp_path / "positives.csv", index=False)  # every batch trains the masks
+    data_dir = tmp_path / "masked"
+    convert(SAMPLE_DICOMS, data_dir, tmp_path / "positives.csv", num_folds=1, workers=1,
+            box_masks=True, progress=False)
+    anchors = "model.faster_rcnn.first_stage_anchor_generator.grid_anchor_generator"
+    config = configs.build_config(  # anchors of 8-64 px: proposals that match 128 px boxes
+        "mask_rcnn_inception_resnet_v2", data_dir, -1, tmp_path / "pipeline.config",
+        image_size=128, batch_size=2, num_steps=STEPS,
+        overrides=[f"{anchors}.height=32", f"{anchors}.width=32"])
+    _train_a_few_steps(config, tmp_path / "run")
+    losses = _scalars(tmp_path / "run" / "train", "Loss/BoxClassifierLoss/mask_loss")
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert all(math.isfinite(loss) for loss in losses.values()), losses
+    assert any(loss > 0 for loss in losses.values()), losses  # a proposal matched a box mask

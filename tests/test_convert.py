@@ -23,18 +23,22 @@ import tfod.compat  # noqa: F401
 # isort: split
 from object_detection.core.standard_fields import InputDataFields as Fields
 from object_detection.data_decoders.tf_example_decoder import TfExampleDecoder
+from object_detection.protos import input_reader_pb2
 
 from tfod import convert, dicom, records, splits
 
 
-def read_back(output_dir, pattern="*.tfrecord", dct_method="INTEGER_ACCURATE") -> dict:
+def read_back(output_dir, pattern="*.tfrecord", dct_method="INTEGER_ACCURATE",
+              masks=False) -> dict:
     """``{patientId: (fold prefix, decoded tensors as numpy)}`` via tf.data + TfExampleDecoder.
 
     INTEGER_ACCURATE is the IDCT that matches pydicom/Pillow exactly; the OD API's input
-    pipeline uses TF's default (faster) one, checked separately.
+    pipeline uses TF's default (faster) one, checked separately. ``masks`` decodes PNG
+    instance masks as Mask R-CNN's ``load_instance_masks: true, mask_type: PNG_MASKS`` does.
     """
     decoder = TfExampleDecoder(label_map_proto_file=str(output_dir / "label_map.pbtxt"),
-                               dct_method=dct_method)
+                               dct_method=dct_method, load_instance_masks=masks,
+                               instance_mask_type=input_reader_pb2.PNG_MASKS)
     found = {}
     for shard in sorted(output_dir.glob(pattern)):
         for decoded in tf.data.TFRecordDataset(str(shard)).map(decoder.decode):
@@ -162,6 +166,108 @@ def test_png_resized_records(converted_sample, sample_records, tmp_path):
         assert prefix == sample_records[patient_id][0]
         np.testing.assert_allclose(decoded[Fields.groundtruth_boxes],
                                    sample_records[patient_id][1][Fields.groundtruth_boxes])
+
+
+# --- box-shaped instance masks (--box_masks) ----------------------------------------------
+@pytest.fixture(scope="module")
+def masked_sample(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("masked_sample")
+    convert.convert(SAMPLE_DICOMS, output_dir, LABELS_CSV, CLASS_INFO_CSV,
+                    num_folds=CONVERTED_SAMPLE_FOLDS, seed=42, workers=2, box_masks=True,
+                    progress=False)
+    return output_dir
+
+
+def csv_mask(labels: pd.DataFrame, patient_id: str, size: int, source: int = 1024):
+    """The expected masks: pixels whose centre lies in a CSV box scaled to ``size``."""
+    rows = labels[(labels.patientId == patient_id) & (labels.Target == 1)]
+    centres = (np.arange(size) + 0.5) * source / size  # in the CSV's pixels
+    masks = [np.outer((centres >= y) & (centres < y + h), (centres >= x) & (centres < x + w))
+             for x, y, w, h in rows[["x", "y", "width", "height"]].to_numpy()]
+    return np.asarray(masks, dtype=np.float32).reshape(-1, size, size)
+
+
+def test_box_masks_are_the_csv_boxes(masked_sample, official_labels):
+    found = read_back(masked_sample, masks=True)
+    assert len(found) == 16
+    for patient_id, (_, decoded) in found.items():
+        masks = decoded[Fields.groundtruth_instance_masks]
+        expected = csv_mask(official_labels, patient_id, 1024)
+        assert masks.shape == (len(decoded[Fields.groundtruth_boxes]), 1024, 1024)
+        np.testing.assert_array_equal(masks, expected)
+        for mask, (ymin, xmin, ymax, xmax) in zip(masks, decoded[Fields.groundtruth_boxes] * 1024,
+                                                  strict=True):
+            rows, columns = np.nonzero(mask)
+            assert (rows.min(), rows.max() + 1, columns.min(), columns.max() + 1) == (
+                ymin, ymax, xmin, xmax)
+            assert mask.sum() == (ymax - ymin) * (xmax - xmin)
+    assert sum(len(d[Fields.groundtruth_instance_masks]) for _, d in found.values()) == 10
+
+
+def test_box_masks_only_add_the_mask_feature(masked_sample, converted_sample):
+    for shard in sorted(converted_sample.glob("*.tfrecord")):
+        plain = records.read_records(shard)
+        masked = records.read_records(masked_sample / shard.name)
+        assert len(masked) == len(plain)
+        for with_masks, without in zip(masked, plain, strict=True):
+            example = tf.train.Example.FromString(with_masks)
+            assert len(example.features.feature[records.MASK_KEY].bytes_list.value) == len(
+                records.decode_example(without)["boxes"])
+            del example.features.feature[records.MASK_KEY]
+            assert example.SerializeToString(deterministic=True) == without
+    flags = {path: json.loads((path / "manifest.json").read_text())["flags"]
+             for path in (masked_sample, converted_sample)}
+    assert flags[masked_sample]["box_masks"] is True
+    assert flags[converted_sample]["box_masks"] is False
+
+
+def test_box_masks_rerun_is_byte_identical(masked_sample, tmp_path):
+    convert.convert(SAMPLE_DICOMS, tmp_path, LABELS_CSV, CLASS_INFO_CSV,
+                    num_folds=CONVERTED_SAMPLE_FOLDS, seed=42, workers=1, box_masks=True,
+                    progress=False)
+    for shard in sorted(masked_sample.glob("*.tfrecord")):
+        assert (tmp_path / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_box_masks_of_resized_images(official_labels, tmp_path):
+    convert.convert(SAMPLE_DICOMS, tmp_path, LABELS_CSV, CLASS_INFO_CSV, num_folds=1,
+                    image_format="png", max_size=200, workers=1, box_masks=True,
+                    progress=False)
+    found = read_back(tmp_path, masks=True)
+    for patient_id, (_, decoded) in found.items():
+        np.testing.assert_array_equal(decoded[Fields.groundtruth_instance_masks],
+                                      csv_mask(official_labels, patient_id, 200))
+    assert sum(len(d[Fields.groundtruth_instance_masks]) for _, d in found.values()) == 10
+
+
+def test_mask_rcnn_input_pipeline_reads_the_box_masks(masked_sample):
+    from object_detection import inputs
+
+    from tfod import configs
+
+    size = 128
+    built = configs.build_configs("mask_rcnn_inception_resnet_v2", masked_sample, fold=0,
+                                  image_size=size)
+    dataset = inputs.train_input(built["train_config"], built["train_input_config"],
+                                 built["model"])
+    batch = built["train_config"].batch_size
+    max_boxes = built["train_input_config"].max_number_of_boxes  # what train_input pads to
+    masks_seen = 0
+    for _, labels in dataset.take(10):  # shuffled and repeated: read until a positive
+        masks = labels[Fields.groundtruth_instance_masks].numpy()
+        assert masks.shape == (batch, max_boxes, size, size)
+        boxes = labels[Fields.groundtruth_boxes].numpy() * size
+        for image_masks, image_boxes, count in zip(
+                masks, boxes, labels[Fields.num_groundtruth_boxes].numpy(), strict=True):
+            assert not image_masks[count:].any()  # padding
+            for mask, box in zip(image_masks[:count], image_boxes[:count], strict=True):
+                rows, columns = np.nonzero(mask)  # the box, through flips, crops and resizing
+                extent = (rows.min(), columns.min(), rows.max() + 1, columns.max() + 1)
+                np.testing.assert_allclose(extent, box, atol=1.5)
+                masks_seen += 1
+        if masks_seen:
+            break
+    assert masks_seen > 0
 
 
 # --- bad inputs, built from the real files -------------------------------------------------
@@ -326,11 +432,14 @@ def test_tool_exit_status_and_test_set(bad_inputs, tmp_path):
                             cwd=REPO, capture_output=True, text=True)
     assert strict.returncode == 1, strict.stderr
     assert f"{NEG_TRUNCATED}.dcm [{NEG_TRUNCATED}]: truncated DICOM file" in strict.stderr
-    plain = subprocess.run([*tool, f"--output_dir={tmp_path / 'test'}"], cwd=REPO,
-                           capture_output=True, text=True)
+    plain = subprocess.run([*tool, f"--output_dir={tmp_path / 'test'}", "--box_masks"],
+                           cwd=REPO, capture_output=True, text=True)
     assert plain.returncode == 0, plain.stderr
     assert "test " in plain.stdout and "skipped inputs: 3" in plain.stdout
-    found = read_back(tmp_path / "test", "test-*.tfrecord")
+    found = read_back(tmp_path / "test", "test-*.tfrecord", masks=True)
     assert len(found) == 15  # 16 real + an unlabelled copy - truncated - no pixel data - text
     assert all(len(d[Fields.groundtruth_boxes]) == 0 for _, d in found.values())
+    assert all(d[Fields.groundtruth_instance_masks].shape[0] == 0 for _, d in found.values())
+    manifest = json.loads((tmp_path / "test" / "manifest.json").read_text())
+    assert manifest["flags"]["box_masks"] is True
     assert not (tmp_path / "test" / "folds.csv").exists()

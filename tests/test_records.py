@@ -11,6 +11,7 @@ import tfod.compat  # noqa: F401
 # isort: split
 from object_detection.core.standard_fields import InputDataFields as Fields
 from object_detection.data_decoders.tf_example_decoder import TfExampleDecoder
+from object_detection.protos import input_reader_pb2
 from object_detection.utils import label_map_util
 
 from tfod import records
@@ -54,6 +55,39 @@ def test_encoding_is_deterministic_and_decodes_back(sample_dicoms):
     assert (back["height"], back["width"], back["source_id"]) == (1024, 1024, image.source_id)
     np.testing.assert_array_equal(back["boxes"], boxes.astype(np.float32))
     assert back["class_text"] == ["opacity"] and back["class_label"] == [1]
+
+
+def _png_mask_decoder() -> TfExampleDecoder:
+    return TfExampleDecoder(load_instance_masks=True,
+                            instance_mask_type=input_reader_pb2.PNG_MASKS)
+
+
+def test_box_masks_are_read_by_the_od_api_png_mask_decoder(sample_dicoms):
+    image = _image(sample_dicoms[0])
+    # pixel edges 102.4 | 204.8 | 512 | 614.4 and 0 | 1000.6 | 1024 | 1000.9 (x 1024)
+    boxes = [[0.1, 0.2, 0.5, 0.6], [0.0, 1000.6 / 1024, 1.0, 1000.9 / 1024]]
+    decoded = _png_mask_decoder().decode(tf.constant(
+        records.encode_example(image, boxes, box_masks=True)))
+    masks = decoded[Fields.groundtruth_instance_masks].numpy()
+    assert masks.shape == (2, 1024, 1024) and masks.dtype == np.float32
+    expected = np.zeros_like(masks)
+    expected[0, 102:512, 205:614] = 1  # pixels whose centre lies in the box
+    expected[1, :, 1000] = 1  # a box thinner than a pixel gets the pixel holding its middle
+    np.testing.assert_array_equal(masks, expected)
+    np.testing.assert_array_equal(decoded[Fields.groundtruth_instance_mask_weights], [1, 1])
+
+
+def test_box_masks_of_a_negative_and_without_the_flag(sample_dicoms):
+    image = _image(sample_dicoms[1])
+    decoded = _png_mask_decoder().decode(tf.constant(records.encode_example(image,
+                                                                            box_masks=True)))
+    assert decoded[Fields.groundtruth_instance_masks].shape == (0, 1024, 1024)
+    boxes = [[0.25, 0.125, 0.5, 0.75]]
+    plain = records.encode_example(image, boxes)
+    assert records.decode_example(plain)["masks"] == []
+    masked = records.decode_example(records.encode_example(image, boxes, box_masks=True))
+    assert len(masked["masks"]) == 1 and masked["masks"][0].startswith(b"\x89PNG")
+    assert plain == records.encode_example(image, boxes, box_masks=False)
 
 
 def test_shard_appears_only_when_complete(tmp_path):

@@ -146,3 +146,26 @@ def pairwise_iou_xywh(a, b) -> np.ndarray:
     """
     return paired_iou(corner_columns(a).take((..., slice(None), None)),
                       corner_columns(b).take((..., None, slice(None))))
+
+
+def yxyx_to_pixel_rects(boxes, width: int, height: int) -> np.ndarray:
+    """Normalized ``ymin, xmin, ymax, xmax`` -> integer pixel rectangles ``top, left, bottom,
+    right`` of a ``width`` x ``height`` image, bottom and right exclusive (numpy slices).
+
+    Rounding: a pixel belongs to a box when its centre lies in the box's ``[min, max)`` range
+    in pixels, so ``start = ceil(min * size - 0.5)`` and ``stop = ceil(max * size - 0.5)``;
+    a box with integer pixel edges maps to exactly those pixels. A box thinner than a pixel
+    (no centre inside) gets the one pixel that holds its middle. Rectangles are clipped to
+    the image and hold at least one pixel in each direction.
+    """
+    b = _as_boxes(boxes)
+    sizes = np.array([height, width], dtype=np.float64)
+    low, high = b[..., :2] * sizes, b[..., 2:] * sizes
+    start, stop = np.ceil(low - 0.5), np.ceil(high - 0.5)
+    thin = stop <= start
+    start = np.where(thin, np.floor((low + high) / 2), start)
+    stop = np.where(thin, start + 1, stop)
+    limits = sizes.astype(np.int64)
+    start = np.clip(start.astype(np.int64), 0, limits - 1)
+    stop = np.clip(stop.astype(np.int64), start + 1, limits)
+    return np.concatenate([start, stop], axis=-1)

@@ -183,8 +183,10 @@ class ImageReader:
 class _Recorder:
     """Turns prepared images into serialized records, counting boxes and collecting issues."""
 
-    def __init__(self, dicoms: dict[str, Path], labels: LabelSet | None, labels_csv, plan: Plan):
+    def __init__(self, dicoms: dict[str, Path], labels: LabelSet | None, labels_csv, plan: Plan,
+                 box_masks: bool = False):
         self.dicoms = dicoms
+        self.box_masks = box_masks
         self.labels = labels
         self.labels_csv = str(labels_csv)
         self.plan = plan
@@ -212,7 +214,7 @@ class _Recorder:
         self.view_positions[result.patient_id] = result.header.view_position
         image = RecordImage(result.encoded, result.image_format, result.height, result.width,
                             result.patient_id, result.sha256)
-        return encode_example(image, boxes_yxyx)
+        return encode_example(image, boxes_yxyx, box_masks=self.box_masks)
 
     def _skip_dicom(self, error: DicomError, patient: PatientLabels | None) -> None:
         """Skip the DICOM and, in training mode, its label rows (one entry for each input)."""
@@ -296,6 +298,7 @@ def convert(
     max_size: int = 0,
     workers: int | None = None,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    box_masks: bool = False,
     strict: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -304,8 +307,10 @@ def convert(
     With ``labels_csv`` the images are a training set split into ``num_folds`` patient-level
     folds (stratified by ``class_info_csv``'s class when given, else by Target); without it
     they are a test set. ``max_size`` > 0 resizes so the longer side has that many pixels.
-    ``workers`` defaults to all cores. Raises :class:`StrictModeError` when ``strict`` and any
-    input was skipped or changed (the label check happens before any image is read).
+    ``box_masks`` adds a box-shaped PNG instance mask per box (``image/object/mask``, for Mask
+    R-CNN), drawn in the parent process. ``workers`` defaults to all cores. Raises
+    :class:`StrictModeError` when ``strict`` and any input was skipped or changed (the label check
+    happens before any image is read).
     """
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     _check_options(image_format, images_per_shard, max_size, num_folds)
@@ -324,7 +329,7 @@ def convert(
             raise StrictModeError(plan.skipped, "found before converting; nothing written")
         output_dir.mkdir(parents=True, exist_ok=True)
         records.write_label_map(output_dir)
-        recorder = _Recorder(dicoms, labels, labels_csv, plan)
+        recorder = _Recorder(dicoms, labels, labels_csv, plan, box_masks)
         ordered = [dicoms[p] for shard in plan.shards for p in shard.patient_ids]
         results = reader.read(ordered, image_format, max_size, jpeg_quality)
         shards = write_shards(output_dir, plan, results, recorder, progress)

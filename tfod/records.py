@@ -5,10 +5,17 @@ Shard names: ``fold{k}-{i:05d}-of-{n:05d}.tfrecord`` for fold ``k`` of a trainin
 other folds' globs and evaluation reads fold ``k``'s. A shard is written under a hidden
 temporary name (``.<name>.incomplete``) and renamed when complete, so an interrupted run never
 leaves a file that a glob mistakes for a finished shard.
+
+With ``box_masks`` an example also carries box-shaped instance masks for Mask R-CNN under
+``image/object/mask``, in the form the OD API's ``TfExampleDecoder`` reads with
+``load_instance_masks: true`` and ``mask_type: PNG_MASKS``: one image-sized PNG per object
+(1-bit grayscale, 1 inside the box; the decoder keeps pixels > 0), an empty list for an image
+without objects.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
+from PIL import Image
 
 import tfod.compat  # noqa: F401  (fixes the stack; must precede the OD API imports)
 
@@ -24,6 +32,9 @@ import tfod.compat  # noqa: F401  (fixes the stack; must precede the OD API impo
 from object_detection.protos import string_int_label_map_pb2
 from object_detection.utils import dataset_util
 
+from tfod import boxes as box_ops
+
+MASK_KEY = "image/object/mask"
 CLASS_NAME = "opacity"
 CLASS_ID = 1
 LABEL_MAP_NAME = "label_map.pbtxt"
@@ -49,10 +60,30 @@ class RecordImage:
         return f"{self.source_id}.dcm"
 
 
-def encode_example(image: RecordImage, boxes_yxyx=()) -> bytes:
+def box_mask_png(rect, width: int, height: int) -> bytes:
+    """A ``width`` x ``height`` 1-bit PNG, 1 inside ``rect`` (``top, left, bottom, right``,
+    bottom and right exclusive, as :func:`tfod.boxes.yxyx_to_pixel_rects` gives) and 0 outside.
+    """
+    top, left, bottom, right = (int(edge) for edge in rect)
+    mask = Image.new("1", (width, height), 0)
+    mask.paste(1, (left, top, right, bottom))
+    stream = io.BytesIO()
+    mask.save(stream, format="PNG")
+    return stream.getvalue()
+
+
+def box_masks_png(boxes_yxyx, width: int, height: int) -> list[bytes]:
+    """One :func:`box_mask_png` per normalized ``ymin, xmin, ymax, xmax`` box."""
+    rects = box_ops.yxyx_to_pixel_rects(boxes_yxyx, width, height).reshape(-1, 4)
+    return [box_mask_png(rect, width, height) for rect in rects]
+
+
+def encode_example(image: RecordImage, boxes_yxyx=(), box_masks: bool = False) -> bytes:
     """Serialize one image and its normalized ``ymin, xmin, ymax, xmax`` boxes (class opacity).
 
-    Serialization is deterministic (sorted feature keys), so equal inputs give equal bytes.
+    ``box_masks`` adds one box-shaped PNG instance mask per box (see the module docstring),
+    drawn from the float32 boxes the record stores. Serialization is deterministic (sorted
+    feature keys), so equal inputs give equal bytes.
     """
     boxes = np.asarray(boxes_yxyx, dtype=np.float32).reshape(-1, 4)
     count = len(boxes)
@@ -71,12 +102,16 @@ def encode_example(image: RecordImage, boxes_yxyx=()) -> bytes:
         "image/object/class/text": dataset_util.bytes_list_feature([CLASS_NAME.encode()] * count),
         "image/object/class/label": dataset_util.int64_list_feature([CLASS_ID] * count),
     }
+    if box_masks:
+        feature[MASK_KEY] = dataset_util.bytes_list_feature(
+            box_masks_png(boxes, image.width, image.height))
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)
 
 
 def decode_example(serialized: bytes) -> dict:
-    """A record back as plain Python: image fields plus ``boxes`` (N, 4) normalized yxyx."""
+    """A record back as plain Python: image fields, ``boxes`` (N, 4) normalized yxyx and
+    ``masks`` (the PNG instance masks; empty without ``box_masks``)."""
     features = tf.train.Example.FromString(serialized).features.feature
 
     def first(key):
@@ -97,6 +132,7 @@ def decode_example(serialized: bytes) -> dict:
         "boxes": boxes,
         "class_text": [v.decode() for v in features["image/object/class/text"].bytes_list.value],
         "class_label": list(features["image/object/class/label"].int64_list.value),
+        "masks": list(features[MASK_KEY].bytes_list.value) if MASK_KEY in features else [],
     }
 
 

@@ -37,6 +37,8 @@ flags.DEFINE_integer("max_size", 0, "0 keeps the size; else resize so the longer
 flags.DEFINE_integer("jpeg_quality", DEFAULT_JPEG_QUALITY, "Quality for --image_format=jpeg.",
                      lower_bound=1, upper_bound=100)
 flags.DEFINE_integer("workers", None, "Worker processes (default: all cores).", lower_bound=1)
+flags.DEFINE_bool("box_masks", False, "Also write a box-shaped PNG instance mask per box "
+                  "(image/object/mask) for Mask R-CNN.")
 flags.DEFINE_bool("strict", False, "Fail (exit status 1) on any skipped or changed input.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
@@ -50,7 +52,7 @@ def main(argv) -> int:
             FLAGS.headers_csv, num_folds=FLAGS.num_folds, seed=FLAGS.seed,
             images_per_shard=FLAGS.images_per_shard, image_format=FLAGS.image_format,
             max_size=FLAGS.max_size, workers=FLAGS.workers, jpeg_quality=FLAGS.jpeg_quality,
-            strict=FLAGS.strict, progress=FLAGS.progress)
+            box_masks=FLAGS.box_masks, strict=FLAGS.strict, progress=FLAGS.progress)
     except convert.StrictModeError as error:
         logging.error("%s", error)
         return 1
