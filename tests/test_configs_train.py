@@ -56,6 +56,7 @@ def test_generated_config_trains_with_a_finite_loss(model, converted_sample, tmp
 
 @pytest.mark.slow
 def test_mask_rcnn_trains_on_box_masks_with_a_finite_loss(tmp_path):
+    tf.keras.utils.set_random_seed(7)  # untrained proposals match a box only by chance
     labels = pd.read_csv(LABELS_CSV)
     sample = [path.stem for path in SAMPLE_DICOMS.glob("*.dcm")]
     positives = labels[labels.patientId.isin(sample) & (labels.Target == 1)]
@@ -64,10 +65,14 @@ def test_mask_rcnn_trains_on_box_masks_with_a_finite_loss(tmp_path):
     convert(SAMPLE_DICOMS, data_dir, tmp_path / "positives.csv", num_folds=1, workers=1,
             box_masks=True, progress=False)
     anchors = "model.faster_rcnn.first_stage_anchor_generator.grid_anchor_generator"
-    config = configs.build_config(  # anchors of 8-64 px: proposals that match 128 px boxes
+    # Anchors of 8-64 px and 300 barely suppressed proposals: enough untrained proposals match
+    # a 128 px box for the mask loss to be trained (with 100 proposals it often stays 0).
+    config = configs.build_config(
         "mask_rcnn_inception_resnet_v2", data_dir, -1, tmp_path / "pipeline.config",
         image_size=128, batch_size=2, num_steps=STEPS,
-        overrides=[f"{anchors}.height=32", f"{anchors}.width=32"])
+        overrides=[f"{anchors}.height=32", f"{anchors}.width=32",
+                   "model.faster_rcnn.first_stage_max_proposals=300",
+                   "model.faster_rcnn.first_stage_nms_iou_threshold=0.95"])
     _train_a_few_steps(config, tmp_path / "run")
     losses = _scalars(tmp_path / "run" / "train", "Loss/BoxClassifierLoss/mask_loss")
     assert sorted(losses) == list(range(1, STEPS + 1))
