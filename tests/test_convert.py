@@ -443,3 +443,17 @@ def test_tool_exit_status_and_test_set(bad_inputs, tmp_path):
     manifest = json.loads((tmp_path / "test" / "manifest.json").read_text())
     assert manifest["flags"]["box_masks"] is True
     assert not (tmp_path / "test" / "folds.csv").exists()
+
+
+def test_patient_without_class_row_is_converted_with_a_note(tmp_path, sample_dicoms):
+    sample, kept = {p.stem for p in sample_dicoms}, sample_dicoms[0].stem
+    classes = pd.read_csv(CLASS_INFO_CSV)
+    classes[classes.patientId.isin(sample - {kept})].to_csv(tmp_path / "classes.csv", index=False)
+    labels = pd.read_csv(LABELS_CSV)
+    labels[labels.patientId.isin(sample)].to_csv(tmp_path / "labels.csv", index=False)
+    manifest = convert.convert(SAMPLE_DICOMS, tmp_path / "out", tmp_path / "labels.csv",
+                               tmp_path / "classes.csv", num_folds=2, workers=1, progress=False)
+    assert manifest["skipped"] == []
+    assert [(n["patientId"], n["reason"][:12]) for n in manifest["notes"]] == [
+        (kept, "no class row")]
+    assert manifest["counts"]["total"]["images"] == 16

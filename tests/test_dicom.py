@@ -38,6 +38,13 @@ def write_without_pixel_data(source: Path, target: Path) -> Path:
     return target
 
 
+def write_without_rows(source: Path, target: Path) -> Path:
+    dataset = pydicom.dcmread(source)
+    del dataset.Rows
+    dataset.save_as(target)
+    return target
+
+
 def write_uncompressed(source: Path, target: Path, pixels: np.ndarray | None = None,
                        bits_stored: int = 8, photometric: str = "MONOCHROME2",
                        window: tuple[float, float] | None = None) -> Path:
@@ -165,6 +172,7 @@ def test_non_square_resize_keeps_aspect(sample_dicoms, tmp_path):
     (lambda src, dst: write_truncated(src, dst, keep=0.001), "not a readable DICOM"),
     (lambda src, dst: write_not_dicom(dst), "not a readable DICOM"),
     (write_without_pixel_data, "no pixel data"),
+    (write_without_rows, "missing or bad Rows/Columns"),
 ])
 def test_damaged_files_raise_naming_the_file(sample_dicoms, tmp_path, damage, reason):
     path = damage(sample_dicoms[0], tmp_path / "bad.dcm")

@@ -125,9 +125,9 @@ def test_class_info_problems(tmp_path):
     assert "no usable label row" in by_rows[(6,)] and "unknown class" in by_rows[(7,)]
     assert labels.patients[NEGATIVE].label_class == "Normal"
     assert labels.patients[POSITIVE].label_class == "Lung Opacity"
-    missing = [issue for issue in labels.issues if not issue.rows]
-    assert [(i.patient_id, labels.patients[i.patient_id].stratum) for i in missing] == \
-        [("p-x", "Target 0")]
+    assert all(issue.rows for issue in labels.issues)  # every dropped row is named
+    assert [(i.patient_id, labels.patients[i.patient_id].stratum) for i in labels.notes] == \
+        [("p-x", "Target 0")]  # kept, stratified by its target
 
 
 def test_issue_text_names_file_and_lines():

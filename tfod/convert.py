@@ -150,7 +150,7 @@ def plan_training_set(dicoms: dict[str, Path], labels: LabelSet, labels_csv, num
     for fold in range(num_folds):
         members = [p for p, k in folds.items() if k == fold]
         shards += split_into_shards(fold_prefix(fold), members, images_per_shard)
-    return Plan(shards, folds, skipped)
+    return Plan(shards, folds, skipped, notes=list(labels.notes))
 
 
 class ImageReader:

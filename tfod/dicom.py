@@ -91,11 +91,15 @@ def read_dataset(path, data: bytes | None = None) -> pydicom.Dataset:
     return dataset
 
 
-def read_header(dataset: pydicom.Dataset) -> DicomHeader:
+def read_header(dataset: pydicom.Dataset, path="<dataset>") -> DicomHeader:
     """The view position, sex, age and size of ``dataset``."""
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise DicomError(path, f"missing or bad Rows/Columns ({error})") from error
     return DicomHeader(
-        rows=int(dataset.Rows),
-        columns=int(dataset.Columns),
+        rows=rows,
+        columns=columns,
         view_position=str(dataset.get("ViewPosition", "") or "").strip().upper(),
         sex=str(dataset.get("PatientSex", "") or "").strip().upper(),
         age=parse_age(str(dataset.get("PatientAge", "") or "")),
@@ -222,7 +226,7 @@ def prepare_image(
     path = Path(path)
     data = read_bytes(path)
     dataset = read_dataset(path, data)
-    header = read_header(dataset)
+    header = read_header(dataset, path)
     target_size = max_size if max_size > 0 else max(header.rows, header.columns)
     keep_size = target_size == max(header.rows, header.columns)
     passthrough = image_format == "passthrough" and keep_size and can_pass_through(dataset)

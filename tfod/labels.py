@@ -73,10 +73,14 @@ class PatientLabels:
 
 @dataclass
 class LabelSet:
-    """The parsed tables: per-patient labels plus every issue found on the way."""
+    """The parsed tables: per-patient labels plus every issue found on the way.
+
+    ``issues`` are rows that were dropped; ``notes`` are patients kept with a caveat.
+    """
 
     patients: dict[str, PatientLabels]
     issues: list[Issue] = field(default_factory=list)
+    notes: list[Issue] = field(default_factory=list)
 
 
 def _read_table(path, columns) -> pd.DataFrame:
@@ -188,8 +192,8 @@ def add_class_info(labels: LabelSet, path) -> None:
             labels.patients[row.patientId].label_class = row[1]
     for patient_id in sorted(set(labels.patients) - set(seen)):
         patient = labels.patients[patient_id]
-        labels.issues.append(Issue(source, (), patient_id,
-                                   f"no class row; stratified by {patient.stratum!r}"))
+        labels.notes.append(Issue(source, (), patient_id,
+                                  f"no class row; stratified by {patient.stratum!r}"))
 
 
 def _class_problem(row, patients: dict[str, PatientLabels], seen: dict) -> str:
