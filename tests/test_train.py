@@ -284,3 +284,8 @@ def test_keep_best_copies_the_best_checkpoint_only(tmp_path):
     assert sorted(p.name for p in run.best_dir.iterdir()) == [
         "ckpt-3.data-00000-of-00001", "ckpt-3.index"]
     assert json.loads(run.best_checkpoint.read_text())["step"] == 40
+    # A better checkpoint that the trainer deleted before it was copied leaves the best alone.
+    assert not keep_best(run, Checkpoint(tmp_path / "ckpt-4", 60), {"rsna/score": 0.9})
+    assert sorted(p.name for p in run.best_dir.iterdir()) == [
+        "ckpt-3.data-00000-of-00001", "ckpt-3.index"]
+    assert json.loads(run.best_checkpoint.read_text())["checkpoint"] == "ckpt-3"

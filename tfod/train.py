@@ -399,16 +399,28 @@ class EvalSession:
 
 
 def keep_best(run: RunFolder, checkpoint: Checkpoint, metrics: Mapping[str, float]) -> bool:
-    """Copy ``checkpoint`` to ``best/`` and record it in ``best_checkpoint`` if it scores best."""
+    """Copy ``checkpoint`` to ``best/`` and record it in ``best_checkpoint`` if it scores best.
+
+    The copy is staged and checked first: if the trainer has already deleted the checkpoint
+    (it keeps only the latest few), the previous best stays as it was.
+    """
     value = metrics.get("rsna/score", float("nan"))
     best = read_json(run.best_checkpoint)
     if not math.isfinite(value) or (best and value <= best["score"]):
         return False
-    if run.best_dir.exists():
-        shutil.rmtree(run.best_dir)
-    run.best_dir.mkdir()
+    staging = run.root / ".best.incoming"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     for file in checkpoint.path.parent.glob(checkpoint.name + ".*"):
-        shutil.copy2(file, run.best_dir / file.name)
+        shutil.copy2(file, staging / file.name)
+    names = [path.name for path in staging.iterdir()]
+    if f"{checkpoint.name}.index" not in names or not any(".data-" in name for name in names):
+        shutil.rmtree(staging)
+        log.warning("%s scored best (%.4f) but the trainer had already deleted it; keeping %s",
+                    checkpoint.name, value, best["checkpoint"] if best else "no best checkpoint")
+        return False
+    shutil.rmtree(run.best_dir, ignore_errors=True)
+    staging.rename(run.best_dir)
     if run.val_detections(checkpoint.step).exists():
         shutil.copy2(run.val_detections(checkpoint.step), run.val_detections())
     write_json(run.best_checkpoint, {
