@@ -32,7 +32,6 @@ from tfod import records
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "pipeline_configs"
 PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
-CHECKPOINT_TYPES = ("detection", "classification")
 
 
 class ConfigError(ValueError):

@@ -127,7 +127,9 @@ def split_into_shards(prefix: str, patient_ids: list[str], images_per_shard: int
 
 def plan_test_set(dicoms: dict[str, Path], images_per_shard: int) -> Plan:
     """Every DICOM into ``test-*`` shards, in patientId order."""
-    return Plan(split_into_shards("test", sorted(dicoms), images_per_shard))
+    from tfod.records import TEST_PREFIX
+
+    return Plan(split_into_shards(TEST_PREFIX, sorted(dicoms), images_per_shard))
 
 
 def plan_training_set(dicoms: dict[str, Path], labels: LabelSet, labels_csv, num_folds: int,
