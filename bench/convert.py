@@ -2,7 +2,7 @@
 
 Builds N synthetic DICOMs in the real format (JPEG Baseline, 8-bit, 1024x1024: copies of the
 16 real RSNA samples, each with its own patientId) plus a labels CSV that gives each copy its
-source's rows, then times :func:`tfod.convert.convert` end to end (labels, split, workers,
+source's rows, then times :func:`tfod.data.convert.convert` end to end (labels, split, workers,
 shards, manifest):
 
 * ``passthrough`` with 1 and with 2 worker processes, and with 2 and ``box_masks`` (a PNG
@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 
-from tfod.convert import convert
+from tfod.data.convert import convert
 
 REPO = Path(__file__).resolve().parents[1]
 RSNA = REPO.parent / "shared" / "data" / "rsna"
@@ -80,7 +80,7 @@ def main() -> None:
                         help="the slow PNG conversions convert only this many")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each passthrough setting")
     args = parser.parse_args()
-    import tfod.records  # noqa: F401  (load TensorFlow before timing)
+    import tfod.data.records  # noqa: F401  (load TensorFlow before timing)
 
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)

@@ -1,7 +1,8 @@
 """Benchmark: the vectorized competition metric against the slow reference.
 
 Scores realistic noisy predictions (a detector's raw output, see :func:`noisy_predictions`) on all
-26,684 images of the official labels, with ``tfod.score`` and with ``tests/reference_metric``.
+26,684 images of the official labels, with ``tfod.scoring.metric`` and
+``tests/reference_metric``.
 Prints both times and the ratio (target >= 50x) for one score and for a full threshold sweep
 (where one matching serves every threshold), and the time of the box-scale fit.
 
@@ -22,8 +23,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import reference_metric  # noqa: E402
 
 from tfod import detections as det  # noqa: E402
-from tfod import score  # noqa: E402
 from tfod.boxes import scale_xywh  # noqa: E402
+from tfod.scoring import metric as score  # noqa: E402
 
 LABELS_CSV = REPO.parent / "shared" / "data" / "rsna" / "stage_2_train_labels.csv"
 

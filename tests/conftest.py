@@ -31,7 +31,7 @@ def converted_sample(tmp_path_factory) -> Path:
     The folder holds label_map.pbtxt, fold{0,1}-00000-of-00001.tfrecord, folds.csv and
     manifest.json (its ``skipped`` list names the labelled patients without a DICOM here).
     """
-    from tfod.convert import convert
+    from tfod.data.convert import convert
 
     output_dir = tmp_path_factory.mktemp("converted_sample")
     convert(SAMPLE_DICOMS, output_dir, LABELS_CSV, CLASS_INFO_CSV,

@@ -1,6 +1,6 @@
 """A slow, obviously correct RSNA metric, written straight from its definition.
 
-Shared by the tests and ``bench/metric.py`` as the yardstick for :mod:`tfod.score`. Plain
+Shared by the tests and ``bench/metric.py`` as the yardstick for :mod:`tfod.scoring.metric`. Plain
 Python loops, one image, one threshold, one prediction at a time. Only the IoU follows the
 same float operations as :func:`tfod.boxes.pairwise_iou_xywh` (corners first, areas from the
 corners), so that an IoU landing exactly on a threshold is decided the same way by both.

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from tfod import configs, records
+from tfod.config import pipeline as configs
+from tfod.data import records
 
 # isort: split
 from object_detection.builders import model_builder

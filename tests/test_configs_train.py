@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from conftest import LABELS_CSV, SAMPLE_DICOMS
 
-from tfod import configs
-from tfod.convert import convert
+from tfod.config import pipeline as configs
+from tfod.data.convert import convert
 
 # isort: split
 from object_detection import model_lib_v2

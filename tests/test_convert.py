@@ -25,7 +25,7 @@ from object_detection.core.standard_fields import InputDataFields as Fields
 from object_detection.data_decoders.tf_example_decoder import TfExampleDecoder
 from object_detection.protos import input_reader_pb2
 
-from tfod import convert, dicom, records, splits
+from tfod.data import convert, dicom, records, splits
 
 
 def read_back(output_dir, pattern="*.tfrecord", dct_method="INTEGER_ACCURATE",
@@ -243,7 +243,7 @@ def test_box_masks_of_resized_images(official_labels, tmp_path):
 def test_mask_rcnn_input_pipeline_reads_the_box_masks(masked_sample):
     from object_detection import inputs
 
-    from tfod import configs
+    from tfod.config import pipeline as configs
 
     size = 128
     built = configs.build_configs("mask_rcnn_inception_resnet_v2", masked_sample, fold=0,

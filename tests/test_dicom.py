@@ -1,4 +1,4 @@
-"""tfod.dicom on the real RSNA DICOMs, the edge cases, and damaged copies built from them.
+"""tfod.data.dicom on the real RSNA DICOMs, the edge cases, and damaged copies built from them.
 
 The ``write_*`` helpers build bad or unusual DICOMs from a real one; test_convert uses them too.
 """
@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian
 
-from tfod import dicom
+from tfod.data import dicom
 
 MONOCHROME1 = EDGE_CASES / "monochrome1_chest.dcm"
 MONOCHROME2 = EDGE_CASES / "siim_chest_no_boxes.dcm"

@@ -1,4 +1,4 @@
-"""tfod.labels on the official label tables and on bad rows written from real ones."""
+"""tfod.data.labels on the official label tables and on bad rows written from real ones."""
 import gzip
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import CLASS_INFO_CSV, LABELS_CSV, RSNA
 
-from tfod import labels as L
+from tfod.data import labels as L
 
 HEADERS_CSV = RSNA / "stage_2_train_dicom_headers.csv.gz"
 POSITIVE = "00436515-870c-4b36-a041-de91049b9ab4"  # lines 6, 7 of the official labels

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tfod.launch import common
-from tfod.launch.common import EVAL, TENSORBOARD, TRAIN, LaunchError, LaunchSpec
-from tfod.launch.docker import container_name, docker_commands, docker_run_argv
-from tfod.launch.local import LocalLauncher, LogFollower, progress_line
-from tfod.launch.run_folder import RunFolder, read_status, tail, write_status
+from tfod.runfolder import RunFolder, read_status, tail, write_status
+from tfod.train.launch import common
+from tfod.train.launch.common import EVAL, TENSORBOARD, TRAIN, LaunchError, LaunchSpec
+from tfod.train.launch.docker import container_name, docker_commands, docker_run_argv
+from tfod.train.launch.local import LocalLauncher, LogFollower, progress_line
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "1000:1000"

@@ -1,4 +1,4 @@
-"""tfod.records: examples read back by the OD API's own decoder, atomic shards, label map."""
+"""tfod.data.records: examples read back by the OD API's own decoder, atomic shards, label map."""
 import glob
 import hashlib
 
@@ -14,8 +14,8 @@ from object_detection.data_decoders.tf_example_decoder import TfExampleDecoder
 from object_detection.protos import input_reader_pb2
 from object_detection.utils import label_map_util
 
-from tfod import records
-from tfod.dicom import prepare_image
+from tfod.data import records
+from tfod.data.dicom import prepare_image
 
 
 def _image(path) -> records.RecordImage:

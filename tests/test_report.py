@@ -10,9 +10,10 @@ from conftest import LABELS_CSV, REPO, SAMPLE_DICOMS
 from PIL import Image
 
 from tfod import detections as det
-from tfod import report, score
 from tfod.boxes import scale_xywh
 from tfod.detections import BoxTable, ImageBoxes
+from tfod.scoring import metric as score
+from tfod.scoring import report
 
 METRIC_KEYS = {"score", "threshold", "box_scale", "images", "tp", "fp", "fn", "curve"}
 

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tfod import detections as det
-from tfod import score
 from tfod.boxes import scale_xywh
 from tfod.detections import BoxTable, ImageBoxes
+from tfod.scoring import metric as score
 
 BOX = [100, 100, 200, 300]
 

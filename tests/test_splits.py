@@ -1,11 +1,11 @@
-"""tfod.splits: patient-level stratified folds over the full official labels."""
+"""tfod.data.splits: patient-level stratified folds over the full official labels."""
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import CLASS_INFO_CSV, LABELS_CSV
 
-from tfod import splits
-from tfod.labels import PatientLabels, load_labels
+from tfod.data import splits
+from tfod.data.labels import PatientLabels, load_labels
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,15 @@ import pytest
 import tensorflow as tf
 
 import tfod.compat  # noqa: F401
-from tfod import launch
-from tfod.launch.run_folder import Checkpoint, RunFolder, list_checkpoints, read_status
-from tfod.train import (
+from tfod.runfolder import Checkpoint, RunFolder, list_checkpoints, read_status
+from tfod.train.engine import (
     NAN_MESSAGE,
     RsnaEvaluator,
     finite_loss_step,
     keep_best,
     steps_per_iteration,
 )
+from tfod.train import launch
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS, CHECKPOINT_EVERY = 60, 20

@@ -64,8 +64,10 @@ def rows_of_present_patients(table_csv: Path, dicom_dir: Path, output_csv: Path)
 
 def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict:
     """Run every stage of ``plan``; return the metrics of the best checkpoint."""
-    from tfod import convert, launch, score
-    from tfod.launch.run_folder import RunFolder
+    from tfod.data import convert
+    from tfod.runfolder import RunFolder
+    from tfod.scoring import metric as score
+    from tfod.train import launch
 
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     echo(f"== 1/4 labels of the DICOMs in {plan.dicom_dir}")

@@ -12,8 +12,8 @@ import sys
 
 from absl import app, flags, logging
 
-from tfod import convert
-from tfod.dicom import DEFAULT_JPEG_QUALITY, IMAGE_FORMATS
+from tfod.data import convert
+from tfod.data.dicom import DEFAULT_JPEG_QUALITY, IMAGE_FORMATS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dicom_dir", None, "Folder of <patientId>.dcm files.", required=True)

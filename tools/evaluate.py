@@ -11,7 +11,7 @@ Writes metrics.json, threshold_curve.png, box_scale_curve.png, box_errors.png an
 
 from absl import app, flags
 
-from tfod import score
+from tfod.scoring import metric as score
 
 _DETECTIONS = flags.DEFINE_string("detections", None,
                                   "Detections CSV: patientId,x,y,width,height,score.")

@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from tfod import configs
+from tfod.config import pipeline as configs
 
 _MODEL = flags.DEFINE_enum("model", None, list(configs.REGISTRY), "Model to configure.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "A converted folder (label_map.pbtxt, "
@@ -37,7 +37,7 @@ _LIST_MODELS = flags.DEFINE_bool("list_models", False, "Print the models and the
 
 
 def config_kwargs() -> dict:
-    """The keyword arguments of :func:`tfod.configs.build_configs` given by the flags."""
+    """The keyword arguments of :func:`tfod.config.pipeline.build_configs` given by the flags."""
     for flag in (_MODEL, _DATA_DIR):
         if flag.value is None:
             raise app.UsageError(f"--{flag.name} is required")

@@ -15,7 +15,8 @@ import sys
 
 from absl import app, flags
 
-from tfod import configs, launch
+from tfod.config import pipeline as configs
+from tfod.train import launch
 from tools import make_config  # defines the config flags (--model ... --override)
 
 FLAGS = flags.FLAGS

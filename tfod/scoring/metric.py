@@ -48,7 +48,7 @@ import pandas as pd
 
 from tfod import boxes as box_ops
 from tfod import detections as det
-from tfod import splits
+from tfod.data import splits
 from tfod.detections import BoxTable, ImageBoxes
 
 THRESHOLDS = np.array([0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75])
@@ -593,7 +593,7 @@ def evaluate(ground_truth: Mapping[str, ImageBoxes], detections: Mapping[str, Im
     ``gallery_limit`` worst images, all by default). ``extra`` entries are added to the metrics.
     Returns the metrics (NaN, for a set with nothing to score, becomes ``None``).
     """
-    from tfod import report  # matplotlib is only needed here
+    from tfod.scoring import report  # matplotlib is only needed here
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -651,7 +651,7 @@ def _without_nan(value):
 
 def _gallery_items(ground_truth: BoxTable, detections: BoxTable, scale: float, threshold: float,
                    image_scores, tp, fp, fn):
-    from tfod.report import GalleryItem
+    from tfod.scoring.report import GalleryItem
 
     items = []
     for i, patient_id in enumerate(ground_truth.ids):

@@ -20,7 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tfod.launch.common import (
+from tfod.runfolder import (
+    FINISHED,
+    LAUNCHED,
+    STOPPED,
+    RunFolder,
+    read_json,
+    read_status,
+    tail,
+    write_status,
+)
+from tfod.train.launch.common import (
     EVAL,
     NAN_EXIT_CODE,
     TENSORBOARD,
@@ -30,16 +40,6 @@ from tfod.launch.common import (
     require_gpus,
     role_env,
     roles,
-)
-from tfod.launch.run_folder import (
-    FINISHED,
-    LAUNCHED,
-    STOPPED,
-    RunFolder,
-    read_json,
-    read_status,
-    tail,
-    write_status,
 )
 
 STEP_LINE = re.compile(r"Step (\d+) per-step time ([\d.]+)s")

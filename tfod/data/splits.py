@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from tfod.labels import PatientLabels
+from tfod.data.labels import PatientLabels
 
 FOLDS_COLUMNS = ("patientId", "fold", "target", "class", "view_position")
 REQUIRED_COLUMNS = ("patientId", "fold")

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tfod.launch.common import (
+from tfod.runfolder import LAUNCHED, STOPPED, read_json, read_status, write_status
+from tfod.train.launch.common import (
     EVAL,
     TENSORBOARD,
     TRAIN,
@@ -32,7 +33,7 @@ from tfod.launch.common import (
     role_env,
     roles,
 )
-from tfod.launch.local import (
+from tfod.train.launch.local import (
     LogFollower,
     Outcome,
     echo_progress,
@@ -41,7 +42,6 @@ from tfod.launch.local import (
     report,
     sigterm_as_interrupt,
 )
-from tfod.launch.run_folder import LAUNCHED, STOPPED, read_json, read_status, write_status
 
 CONTAINER_ENV = {"HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib"}  # any uid, no home needed
 

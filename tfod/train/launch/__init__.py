@@ -1,7 +1,7 @@
 """Launchers: start the trainer, the evaluator and TensorBoard for one run folder.
 
 :func:`launch_run` is what ``tfod-train`` calls: it writes the run's ``pipeline.config`` (built
-by :mod:`tfod.configs` from a model name, or copied from ``--pipeline_config``), refuses a
+by :mod:`tfod.config.pipeline` from a model name, or copied from ``--pipeline_config``), refuses a
 changed config on an existing run (which otherwise resumes), checks the GPUs, records
 ``launch.json`` and starts the ``local`` or ``docker`` backend, or with ``dry_run`` prints the
 run-folder plan and the exact commands and starts nothing.
@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tfod.launch.common import (
+from tfod.runfolder import RunFolder
+from tfod.train.launch.common import (
     LaunchError,
     LaunchSpec,
     adopt_config,
@@ -25,9 +26,8 @@ from tfod.launch.common import (
     require_gpus,
     write_launch_record,
 )
-from tfod.launch.docker import DockerLauncher
-from tfod.launch.local import LocalLauncher
-from tfod.launch.run_folder import RunFolder
+from tfod.train.launch.docker import DockerLauncher
+from tfod.train.launch.local import LocalLauncher
 
 BACKENDS = ("local", "docker")
 
@@ -38,7 +38,7 @@ __all__ = ["BACKENDS", "ConfigRequest", "LaunchError", "LaunchSpec", "default_ru
 @dataclass
 class ConfigRequest:
     """Where the run's config comes from: a model zoo name and a converted folder (built by
-    :func:`tfod.configs.build_config`), or an existing ``pipeline_config``."""
+    :func:`tfod.config.pipeline.build_config`), or an existing ``pipeline_config``."""
 
     model: str | None = None
     data_dir: str | None = None
@@ -66,7 +66,7 @@ class ConfigRequest:
                 raise LaunchError(f"--pipeline_config {source} does not exist")
             shutil.copyfile(source, output)
             return output
-        from tfod import configs
+        from tfod.config import pipeline as configs
 
         return configs.build_config(
             self.model, self.data_dir, self.fold, output, image_size=self.image_size,

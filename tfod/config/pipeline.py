@@ -28,9 +28,9 @@ import tfod.compat  # noqa: F401  (fixes the stack; must precede the OD API impo
 from object_detection.protos import train_pb2
 from object_detection.utils import config_util, label_map_util
 
-from tfod import records
+from tfod.data import records
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "pipeline_configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "pipeline_configs"
 PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
 
 

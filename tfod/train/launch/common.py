@@ -20,11 +20,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tfod.launch.run_folder import RunFolder, read_json, write_json
+from tfod.errors import NAN_LOSS as NAN_EXIT_CODE  # noqa: F401  (the launchers' name)
+from tfod.runfolder import RunFolder, read_json, write_json
 
 TRAIN, EVAL, TENSORBOARD = "train", "eval", "tensorboard"
-NAN_EXIT_CODE = 3  # tfod.train's exit code for a non-finite loss (not worth a restart)
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 VERSIONED_PACKAGES = (
     "tensorflow", "tf-models-official", "tf-object-detection-api", "tf-slim", "numpy",
     "protobuf", "pycocotools", "pydicom", "tensorboard",

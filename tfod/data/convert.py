@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 import tfod
 from tfod import boxes as box_ops
-from tfod.dicom import (
+from tfod.data.dicom import (
     DEFAULT_JPEG_QUALITY,
     IMAGE_FORMATS,
     DicomError,
@@ -45,7 +45,7 @@ from tfod.dicom import (
     restore_frame,
     try_prepare_image,
 )
-from tfod.labels import Issue, LabelSet, PatientLabels, load_labels
+from tfod.data.labels import Issue, LabelSet, PatientLabels, load_labels
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Shard:
 
     @property
     def name(self) -> str:
-        from tfod.records import shard_name
+        from tfod.data.records import shard_name
 
         return shard_name(self.prefix, self.index, self.count)
 
@@ -127,7 +127,7 @@ def split_into_shards(prefix: str, patient_ids: list[str], images_per_shard: int
 
 def plan_test_set(dicoms: dict[str, Path], images_per_shard: int) -> Plan:
     """Every DICOM into ``test-*`` shards, in patientId order."""
-    from tfod.records import TEST_PREFIX
+    from tfod.data.records import TEST_PREFIX
 
     return Plan(split_into_shards(TEST_PREFIX, sorted(dicoms), images_per_shard))
 
@@ -135,8 +135,8 @@ def plan_test_set(dicoms: dict[str, Path], images_per_shard: int) -> Plan:
 def plan_training_set(dicoms: dict[str, Path], labels: LabelSet, labels_csv, num_folds: int,
                       seed: int, images_per_shard: int) -> Plan:
     """Match DICOMs with labels, split the matched patients into folds, and lay out shards."""
-    from tfod import splits
-    from tfod.records import fold_prefix
+    from tfod.data import splits
+    from tfod.data.records import fold_prefix
 
     skipped = list(labels.issues)
     for patient_id in sorted(set(labels.patients) - set(dicoms)):
@@ -197,7 +197,7 @@ class _Recorder:
 
     def record(self, shard: Shard, result: PreparedImage | DicomError) -> bytes | None:
         """The serialized example for ``result``, or None when the image is skipped."""
-        from tfod.records import RecordImage, encode_example
+        from tfod.data.records import RecordImage, encode_example
 
         patient = self.labels.patients[_patient_id(result)] if self.labels else None
         if isinstance(result, DicomError):
@@ -257,7 +257,7 @@ def _patient_id(result: PreparedImage | DicomError) -> str:
 def write_shards(output_dir: Path, plan: Plan, results: Iterable, recorder: _Recorder,
                  progress: bool) -> list[dict]:
     """Write every shard of ``plan`` from ``results`` (in plan order); their manifest entries."""
-    from tfod.records import ShardWriter, file_sha256
+    from tfod.data.records import ShardWriter, file_sha256
 
     results = iter(results)
     entries = []
@@ -317,7 +317,7 @@ def convert(
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     _check_options(image_format, images_per_shard, max_size, num_folds)
     with ImageReader(workers or os.cpu_count() or 1) as reader:  # boots during the set-up
-        from tfod import records, splits  # TensorFlow loads here: see the module docstring
+        from tfod.data import records, splits  # TensorFlow loads here: see the module docstring
 
         output_dir = Path(output_dir)
         dicoms = find_dicoms(dicom_dir)

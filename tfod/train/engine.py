@@ -13,13 +13,13 @@ steps with no final save, and its evaluator polls every 300 s and never stops. H
   (exit code :data:`NAN_EXIT_CODE`) instead of training on NaN weights.
 * :func:`evaluate` waits for new checkpoints and evaluates each once with one inference pass
   (``model_lib_v2.eager_eval_loop``) that feeds both the OD API's COCO evaluator and
-  :class:`RsnaEvaluator`, the competition metric of :mod:`tfod.score` at its best detection
+  :class:`RsnaEvaluator`, the competition metric of :mod:`tfod.scoring.metric` at its best detection
   threshold. Both go to ``eval/`` TensorBoard events (``rsna/score``, ``rsna/threshold`` next
   to ``DetectionBoxes_Precision/mAP``...). It keeps the best checkpoint by ``rsna/score``, and
   stops after the final step, when the trainer reports a terminal state, or when the trainer's
   heartbeat stops.
 
-Run ``python -m tfod.train train|eval --help``; the launchers in :mod:`tfod.launch` do.
+Run ``python -m tfod.train train|eval --help``; the launchers in :mod:`tfod.train.launch` do.
 """
 from __future__ import annotations
 
@@ -40,11 +40,10 @@ import numpy as np
 import tfod.compat  # noqa: F401  (before object_detection)
 from tfod import boxes as box_ops
 from tfod import detections as det
-from tfod import score
-from tfod.convert import EXPECTED_SIZE as RSNA_IMAGE_SIZE
+from tfod.data.convert import EXPECTED_SIZE as RSNA_IMAGE_SIZE
 from tfod.detections import ImageBoxes
-from tfod.launch.common import NAN_EXIT_CODE
-from tfod.launch.run_folder import (
+from tfod.errors import NAN_LOSS as NAN_EXIT_CODE
+from tfod.runfolder import (
     FAILED,
     FINISHED,
     NAN_LOSS,
@@ -60,6 +59,7 @@ from tfod.launch.run_folder import (
     write_json,
     write_status,
 )
+from tfod.scoring import metric as score
 
 NAN_MESSAGE = "tfod: the training loss is not finite"
 RSNA_METRICS = "rsna_metrics"

@@ -4,7 +4,7 @@ Plots use matplotlib's Agg backend (no display needed). The gallery draws each i
 predicted boxes in green with their score and its ground truth in black (with a thin white
 edge, to stand out on dark lung fields) on the X-ray, one
 JPEG per image, and lists them worst first in an ``index.html`` with filters for false
-positives and misses. This module only draws what :mod:`tfod.score` computed.
+positives and misses. This module only draws what :mod:`tfod.scoring.metric` computed.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from tfod import boxes as box_ops  # noqa: E402
-from tfod import dicom  # noqa: E402
+from tfod.data import dicom  # noqa: E402
 
 PREDICTED_COLOUR = (0, 200, 0)
 TRUTH_COLOUR = (0, 0, 0)
