@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
+from tfod import cli
 from tfod.config import pipeline as configs
 from tfod.data import records
 
@@ -414,7 +415,7 @@ def make_config():
 def _run_tool(make_config, *args):
     argv = ["tfod-config", *args]
     flags.FLAGS(argv)
-    return make_config.main(argv[:1])
+    return cli.guarded(make_config.main)(argv[:1])
 
 
 def test_tool_writes_the_config(make_config, converted_sample, tmp_path, capsys):

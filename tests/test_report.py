@@ -13,7 +13,7 @@ from tfod import detections as det
 from tfod.boxes import scale_xywh
 from tfod.detections import BoxTable, ImageBoxes
 from tfod.scoring import metric as score
-from tfod.scoring import report
+from tfod.scoring import report, stage
 
 METRIC_KEYS = {"score", "threshold", "box_scale", "images", "tp", "fp", "fn", "curve"}
 
@@ -65,18 +65,22 @@ def _valid_png(path):
 
 def test_evaluate_writes_metrics_plots_and_gallery(tmp_path, sample):
     labels, predictions = sample
-    metrics = score.evaluate(labels, predictions, tmp_path, dicom_dir=SAMPLE_DICOMS)
+    metrics = stage.score_detections(labels, predictions, tmp_path, dicom_dir=SAMPLE_DICOMS)
     assert METRIC_KEYS <= set(metrics)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert len(metrics["curve"]) == len(score.MIN_SCORES)
     assert metrics["threshold"] == 0.21  # drops the 0.2 false positive, not the 0.95 one
     assert metrics["images_total"] == 16 and metrics["images"] == 6  # 5 positives + 1 FP
     assert metrics["fp"] == 1 and metrics["fn"] == 1 and metrics["tp"] == 9
-    assert metrics["box_scale"] == 0.88  # the largest scale that undoes 1.3 (IoU > 0.75)
+    assert metrics["box_scale"] == 1.0  # the score is the detections' as given
     assert metrics["score"] == pytest.approx(score.competition_score(
-        labels, predictions, metrics["threshold"], metrics["box_scale"]))
-    assert metrics["box_errors"]["width_ratio"]["median"] == pytest.approx(
-        1.3 * 0.88)
+        labels, predictions, metrics["threshold"]))
+    fitted = metrics["fitted"]
+    assert fitted["box_scale"] == 0.88  # the largest scale that undoes 1.3 (IoU > 0.75)
+    assert fitted["score"] == pytest.approx(score.competition_score(
+        labels, predictions, fitted["threshold"], fitted["box_scale"]))
+    assert fitted["score"] > metrics["score"]
+    assert metrics["box_errors"]["width_ratio"]["median"] == pytest.approx(1.3)  # as given
     for name in ("threshold_curve.png", "box_scale_curve.png", "box_errors.png"):
         _valid_png(tmp_path / name)
 
@@ -99,7 +103,7 @@ def test_evaluate_writes_metrics_plots_and_gallery(tmp_path, sample):
 
 def test_given_threshold_and_scale_are_used(tmp_path, sample):
     labels, predictions = sample
-    metrics = score.evaluate(labels, predictions, tmp_path, threshold=0.1, box_scale=1.0)
+    metrics = stage.score_detections(labels, predictions, tmp_path, threshold=0.1, box_scale=1.0)
     assert metrics["threshold"] == 0.1 and metrics["box_scale"] == 1.0
     assert metrics["fp"] == 2 and "gallery" not in metrics
     assert metrics["score"] == pytest.approx(score.competition_score(labels, predictions, 0.1))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tfod.errors import RunFailed
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_RSNA = REPO.parent / "shared" / "data" / "rsna"
 
@@ -48,7 +50,7 @@ class DemoPlan:
         return self.output_dir / "runs" / f"{self.model}-fold{self.fold}"
 
 
-class DemoError(RuntimeError):
+class DemoError(RunFailed):
     """A demo stage failed; the message says which and where its logs are."""
 
 
@@ -64,9 +66,10 @@ def rows_of_present_patients(table_csv: Path, dicom_dir: Path, output_csv: Path)
 
 def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict:
     """Run every stage of ``plan``; return the metrics of the best checkpoint."""
+    from tfod.config.pipeline import ConfigRequest
     from tfod.data import convert
     from tfod.runfolder import RunFolder
-    from tfod.scoring import metric as score
+    from tfod.scoring import stage
     from tfod.train import launch
 
     plan.output_dir.mkdir(parents=True, exist_ok=True)
@@ -81,9 +84,9 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict:
     echo(convert.format_summary(manifest))
     echo(f"== 3/4 train {plan.model} on the other folds, evaluate on fold {plan.fold} "
          f"-> {plan.run_dir}")
-    request = launch.ConfigRequest(model=plan.model, data_dir=str(plan.data_dir), fold=plan.fold,
-                                   image_size=plan.image_size, batch_size=plan.batch_size,
-                                   num_steps=plan.num_steps)
+    request = ConfigRequest(model=plan.model, data_dir=str(plan.data_dir), fold=plan.fold,
+                            image_size=plan.image_size, batch_size=plan.batch_size,
+                            num_steps=plan.num_steps)
     exit_code = launch.launch_run(request, run_dir=plan.run_dir, echo=echo,
                                   checkpoint_every=max(plan.num_steps // 3, 1), log_every=10,
                                   max_restarts=1)
@@ -93,10 +96,10 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict:
     if not run.val_detections().exists():
         raise DemoError(f"the evaluator wrote no detections; see {run.eval_log}")
     echo(f"== 4/4 score the best checkpoint's detections -> {run.metrics}")
-    metrics = score.evaluate_files(run.val_detections(), labels_csv, run.metrics,
-                                   folds_csv=plan.data_dir / "folds.csv", fold=plan.fold,
-                                   dicom_dir=plan.dicom_dir)
-    echo(score.format_table(metrics))
+    metrics = stage.score_files(run.val_detections(), labels_csv, run.metrics,
+                                folds_csv=plan.data_dir / "folds.csv", fold=plan.fold,
+                                dicom_dir=plan.dicom_dir)
+    echo(stage.format_table(metrics))
     echo(f"\nrun folder: {run.root}\n  gallery: {run.metrics / 'gallery' / 'index.html'}\n"
          f"  TensorBoard: tensorboard --logdir {run.root}")
     return metrics

@@ -6,12 +6,11 @@ Converts the 16 real DICOMs in ../shared/data with their official labels, trains
 SSD MobileNet v2 on one fold with the evaluator on the other, and scores the best checkpoint
 (threshold sweep, plots, validation gallery). See tfod/demo.py.
 """
-import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from tfod import demo
+from tfod import cli, demo
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_output", "Where everything is written.")
 _DICOM_DIR = flags.DEFINE_string("dicom_dir", str(demo.DemoPlan.dicom_dir),
@@ -28,22 +27,16 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", demo.DemoPlan.image_size, "Mode
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # checked by cli.runner
     plan = demo.DemoPlan(output_dir=Path(_OUTPUT_DIR.value).resolve(),
                          dicom_dir=Path(_DICOM_DIR.value), labels_csv=Path(_LABELS_CSV.value),
                          class_info_csv=Path(_CLASS_INFO_CSV.value), model=_MODEL.value,
                          num_steps=_NUM_STEPS.value, image_size=_IMAGE_SIZE.value)
-    try:
-        demo.run_demo(plan)
-    except demo.DemoError as error:
-        print(f"tfod-demo: error: {error}", file=sys.stderr)
-        return 1
+    demo.run_demo(plan)
     return 0
 
 
-def run():
-    app.run(main)
+run = cli.runner(main)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import tensorflow as tf
@@ -29,12 +30,13 @@ from object_detection.protos import train_pb2
 from object_detection.utils import config_util, label_map_util
 
 from tfod.data import records
+from tfod.errors import BadInput
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "pipeline_configs"
 PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A config cannot be built as asked (bad flag, override, data folder or checkpoint)."""
 
 
@@ -704,3 +706,50 @@ def describe_config(path: str | os.PathLike) -> str:
             for reader in configs["eval_input_configs"]),
     ]
     return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class ConfigRequest:
+    """Where a run's config comes from: a model of the registry and a fold of a converted folder
+    (built by :func:`build_config`), or an existing ``pipeline_config`` (copied as it is).
+
+    The one description of a config request: ``tfod-config`` and ``tfod-train`` fill it from
+    the flag group :func:`tfod.cli.define_config_flags`, the demo and the launcher take it.
+    """
+
+    model: str | None = None
+    data_dir: str | None = None
+    fold: int = 0
+    image_size: int | None = None
+    batch_size: int | None = None
+    num_steps: int | None = None
+    learning_rate: float | None = None
+    fine_tune_checkpoint: str | None = None
+    overrides: Sequence[str] = dataclasses.field(default_factory=tuple)
+    pipeline_config: str | None = None
+
+    def __post_init__(self):
+        if bool(self.model) == bool(self.pipeline_config):
+            raise ConfigError("give either --model (with --data_dir and --fold) or "
+                              "--pipeline_config")
+        if self.model and not self.data_dir:
+            raise ConfigError("--model needs --data_dir (a converted folder)")
+
+    def write(self, output: str | os.PathLike) -> Path:
+        """Write the asked-for config to ``output`` (a ``.config`` file, or a folder)."""
+        if self.pipeline_config:
+            source = Path(self.pipeline_config)
+            if not source.is_file():
+                raise ConfigError(f"--pipeline_config {source} does not exist")
+            output = Path(output)
+            if output.suffix != ".config":
+                output = output / "pipeline.config"
+            output.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, output)
+            return output
+        return build_config(
+            self.model, self.data_dir, self.fold, output, image_size=self.image_size,
+            batch_size=self.batch_size, num_steps=self.num_steps,
+            learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
+            overrides=tuple(self.overrides),
+        )
