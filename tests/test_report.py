@@ -12,6 +12,7 @@ from PIL import Image
 from tfod import detections as det
 from tfod.boxes import scale_xywh
 from tfod.detections import BoxTable, ImageBoxes
+from tfod.errors import BadInput
 from tfod.scoring import metric as score
 from tfod.scoring import report, stage
 
@@ -158,3 +159,127 @@ def test_tool_names_the_bad_row(tmp_path):
     )
     assert result.returncode != 0
     assert f"{bad}, row 2: score 1.5 is outside [0, 1]" in result.stderr
+
+
+# --- the stage's reliability: files in, one line per bad input, nothing stale -------------------
+
+
+def _evaluate(*args):
+    return subprocess.run([sys.executable, "-m", "tools.evaluate", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, check=False)
+
+
+def test_a_truncated_dicom_is_listed_the_rest_drawn_and_stale_outputs_cleared(
+        tmp_path, sample, sample_dicoms):
+    labels, predictions = sample
+    dicoms = tmp_path / "dicoms"
+    dicoms.mkdir()
+    for path in sample_dicoms:
+        (dicoms / path.name).write_bytes(path.read_bytes())
+    broken = sample_dicoms[0]
+    (dicoms / broken.name).write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    out = tmp_path / "out"
+    (out / "gallery").mkdir(parents=True)
+    (out / "gallery" / "stale-image.jpg").write_bytes(b"from an earlier run")
+    (out / "metrics.json").write_text('{"score": 0.99}')
+    (out / "notes.txt").write_text("not the stage's: kept")
+    detections = det.write_detections(predictions, tmp_path / "val.csv")
+
+    result = _evaluate(f"--detections={detections}", f"--labels_csv={LABELS_CSV}",
+                       f"--output_dir={out}", f"--dicom_dir={dicoms}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["score"] != 0.99 and list(metrics["not_drawn"]) == [broken.stem]
+    assert "truncated" in metrics["not_drawn"][broken.stem]
+    assert f"not drawn: {broken.stem}: " in result.stdout
+    assert metrics["gallery"]["images"] == 15
+    assert sorted(p.stem for p in (out / "gallery").glob("*.jpg")) == sorted(
+        p.stem for p in sample_dicoms[1:])
+    assert (out / "notes.txt").exists() and (out / "threshold_curve.png").exists()
+
+
+def test_a_kaggle_submission_scores_as_its_detections(tmp_path, sample):
+    labels, predictions = sample
+    as_csv = stage.score_files(det.write_detections(predictions, tmp_path / "val.csv"),
+                               LABELS_CSV, tmp_path / "a", threshold=0.3)
+    as_submission = stage.score_files(det.write_submission(predictions, tmp_path / "sub.csv"),
+                                      LABELS_CSV, tmp_path / "b", threshold=0.3)
+    assert as_submission["score"] == as_csv["score"] and as_submission["images_total"] == 16
+    assert as_submission["fitted"] == as_csv["fitted"]
+
+
+def test_labelled_images_left_out_are_counted_and_images_picks_them(tmp_path, sample):
+    labels, predictions = sample
+    ids = list(labels)
+    detections = det.write_detections({i: predictions[i] for i in ids[:10]}, tmp_path / "d.csv")
+    alone = stage.score_files(detections, LABELS_CSV, tmp_path / "a")
+    assert alone["images_total"] == 10
+    left_out = alone["labelled_images_not_scored"]
+    assert left_out == len(det.read_labels(LABELS_CSV)) - 10
+    assert f"{left_out} labelled image(s) have no row" in stage.format_table(alone)
+
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    listed = stage.score_files(detections, LABELS_CSV, tmp_path / "b", threshold=0.5,
+                               images=tmp_path / "ids.txt")
+    assert listed["images_total"] == 16 and listed["images_without_detections"] == 6
+    with_empty = {i: predictions[i] if i in ids[:10] else ImageBoxes.empty() for i in ids}
+    assert listed["score"] == pytest.approx(score.competition_score(
+        labels.subset(ids), with_empty, 0.5))
+    assert "6 image(s) of --images have no row" in stage.format_table(listed)
+
+    _write_folds(tmp_path / "folds.csv", ids[:4])  # any CSV with a patientId column
+    four = stage.score_files(detections, LABELS_CSV, tmp_path / "c", images=tmp_path / "folds.csv")
+    assert four["images_total"] == 4 and four["detections_outside_images"] == 6
+
+
+def test_a_header_only_file_is_refused_alone_and_scored_loudly_with_images(tmp_path, sample):
+    labels, _ = sample
+    empty = tmp_path / "empty.csv"
+    empty.write_text(",".join(det.DETECTIONS_HEADER) + "\n")
+    with pytest.raises(BadInput, match="no detection row: nothing to score"):
+        stage.score_files(empty, LABELS_CSV, tmp_path / "a")
+    (tmp_path / "ids.txt").write_text("\n".join(labels) + "\n")
+    metrics = stage.score_files(empty, LABELS_CSV, tmp_path / "b", images=tmp_path / "ids.txt")
+    assert metrics["score"] == 0.0 and metrics["images_without_detections"] == 16
+    assert "WARNING" in stage.format_table(metrics)
+
+
+def test_the_table_labels_the_score_as_given_and_the_fitted_one(tmp_path, sample):
+    labels, predictions = sample
+    table = stage.format_table(stage.score_detections(labels, predictions, tmp_path))
+    assert "score (detections as given)" in table and "score with fitted box scale" in table
+    assert "fitted box scale @ threshold  0.88 @" in table
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"box_scale": 0}, "--box_scale must be a positive number"),
+    ({"threshold": 1.5}, "--threshold must be in"),
+    ({"dicom_dir": "/no/such/folder"}, "no such folder"),
+])
+def test_bad_options_are_refused_before_reading(tmp_path, options, message):
+    with pytest.raises(BadInput, match=message):
+        stage.score_files(tmp_path / "none.csv", LABELS_CSV, tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
+
+
+GOOD_ID = "0004cfab-14fd-4e49-80ba-63a80b6bddd6"
+
+
+@pytest.mark.parametrize("text, row, reason", [
+    ("patientId,x,y,width,height,score\n" + GOOD_ID + ",1,2,3,4,x\n", 2, "is not a number"),
+    ("patientId\tx\ty\twidth\theight\tscore\n", 1, "is not patientId,x,y,width,height,score"),
+    ("patientId,x,y,width,height,score,\n", 1, "is not patientId,x,y,width,height,score"),
+    ("", 1, "empty file"),
+    ("patientId,PredictionString\n" + GOOD_ID + ",0.5 1 2 3\n", 2, "groups of 5"),
+    ("patientId,x,y,width,height,score\nnot-a-patient,1,2,3,4,0.5\n", None, "not in the labels"),
+])
+def test_every_detections_error_is_one_line_exit_2(tmp_path, text, row, reason):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    result = _evaluate(f"--detections={bad}", f"--labels_csv={LABELS_CSV}",
+                       f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    where = f"{bad}, row {row}: " if row else f"{bad}: "
+    assert lines[0].startswith("evaluate.py: error: " + where) and reason in lines[0]

@@ -125,14 +125,15 @@ class ConfigFlags:
         """The :class:`tfod.config.pipeline.ConfigRequest` the flags ask for."""
         from tfod.config.pipeline import ConfigRequest  # TensorFlow: only when a tool builds
 
-        if self.holders.get("pipeline_config") and self.pipeline_config:
+        if "pipeline_config" not in self.holders:
+            require(self.holders["model"], self.holders["data_dir"])
+        elif self.pipeline_config and not self.model:  # resume a run's config as it was
             return ConfigRequest(pipeline_config=self.pipeline_config, num_steps=self.num_steps)
-        require(self.holders["model"], self.holders["data_dir"])
-        return ConfigRequest(
+        return ConfigRequest(  # checks that --model and --pipeline_config are not both given
             model=self.model, data_dir=self.data_dir, fold=self.fold,
             image_size=self.image_size, batch_size=self.batch_size, num_steps=self.num_steps,
             learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
-            overrides=tuple(self.override))
+            overrides=tuple(self.override), pipeline_config=self.values().get("pipeline_config"))
 
 
 def define_config_flags(models: Sequence[str], pipeline_config: bool = False) -> ConfigFlags:

@@ -30,7 +30,6 @@ import numpy as np
 
 from tfod import boxes as box_ops
 from tfod import detections as det
-from tfod.data import splits
 from tfod.detections import BoxTable, ImageBoxes
 from tfod.errors import BadInput
 from tfod.scoring import analysis
@@ -55,13 +54,13 @@ def require_file(path, what: str) -> Path:
     """``path`` as a :class:`Path`; :class:`BadInput` when it is not a readable file."""
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"{what}: no such file", path)
+        raise BadInput(f"no such file ({what})", path)
     return path
 
 
 def read_detections_file(path) -> BoxTable:
     """A detections CSV, or a Kaggle submission (header ``patientId,PredictionString``)."""
-    path = require_file(path, "detections")
+    path = require_file(path, "--detections")
     try:
         with open(path, newline="") as f:
             header = next(csv.reader(f), None)
@@ -78,7 +77,7 @@ def read_image_ids(path) -> list[str]:
 
     Each id once, in file order (a labels CSV lists an image once per box).
     """
-    path = require_file(path, "images")
+    path = require_file(path, "--images")
     with open(path, newline="") as f:
         rows = [row for row in csv.reader(f) if any(field.strip() for field in row)]
     header = [name.strip().lstrip("\ufeff") for name in rows[0]] if rows else []
@@ -211,11 +210,14 @@ def clear_outputs(output_dir) -> Path:
     return output_dir
 
 
-def check_options(threshold: float | None, box_scale: float | None) -> None:
+def check_options(threshold: float | None, box_scale: float | None, dicom_dir=None) -> None:
+    """:class:`BadInput` for a threshold, box scale or DICOM folder that cannot be used."""
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise BadInput(f"--threshold must be in [0, 1], got {threshold}")
     if box_scale is not None and not (np.isfinite(box_scale) and box_scale > 0):
         raise BadInput(f"--box_scale must be a positive number, got {box_scale}")
+    if dicom_dir is not None and not Path(dicom_dir).is_dir():
+        raise BadInput("no such folder (--dicom_dir)", dicom_dir)
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,7 @@ def score_detections(ground_truth: Mapping[str, ImageBoxes],
     ``not_drawn``. ``extra`` entries are added to the metrics. Returns the metrics (NaN, for a
     set with nothing to score, becomes ``None``).
     """
-    check_options(threshold, box_scale)
+    check_options(threshold, box_scale, dicom_dir)
     output_dir = clear_outputs(output_dir)
     ground_truth, detections = BoxTable.of(ground_truth), BoxTable.of(detections)
     scored = compute_metrics(ground_truth, detections, threshold, box_scale)
@@ -347,8 +349,10 @@ def _draw_gallery(ground_truth: BoxTable, detections: BoxTable, scored: Scored, 
 
 
 def _fold_ids(folds_csv, fold: int) -> list[str]:
+    from tfod.data import splits  # scikit-learn, seconds to import: only for --folds_csv
+
     try:
-        return splits.fold_ids(require_file(folds_csv, "folds"), fold)
+        return splits.fold_ids(require_file(folds_csv, "--folds_csv"), fold)
     except BadInput:
         raise
     except ValueError as error:  # splits names the file and row in its message
@@ -365,10 +369,10 @@ def score_files(detections_csv, labels_csv, output_dir, folds_csv=None, fold: in
     """
     if (folds_csv is None) != (fold is None):
         raise BadInput("--folds_csv and --fold go together")
-    check_options(options.get("threshold"), options.get("box_scale"))
+    check_options(options.get("threshold"), options.get("box_scale"), options.get("dicom_dir"))
     fold_ids = None if folds_csv is None else _fold_ids(folds_csv, fold)
     image_ids = None if images is None else read_image_ids(images)
-    labels = det.read_labels(require_file(labels_csv, "labels"))
+    labels = det.read_labels(require_file(labels_csv, "--labels_csv"))
     selection = select_images(labels, read_detections_file(detections_csv), fold_ids, image_ids,
                               source=str(detections_csv))
     extra = {**selection.counts, **({"notes": selection.notes} if selection.notes else {})}
