@@ -283,3 +283,25 @@ def test_every_detections_error_is_one_line_exit_2(tmp_path, text, row, reason):
     assert len(lines) == 1 and "Traceback" not in result.stderr
     where = f"{bad}, row {row}: " if row else f"{bad}: "
     assert lines[0].startswith("evaluate.py: error: " + where) and reason in lines[0]
+
+
+def test_unusable_files_and_folders_are_bad_input(tmp_path, sample):
+    labels, predictions = sample
+    detections = det.write_detections(predictions, tmp_path / "val.csv")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(BadInput, match="cannot write the output folder"):
+        stage.score_files(detections, LABELS_CSV, a_file / "out")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(BadInput, match="not a text CSV file"):
+        stage.score_files(binary, LABELS_CSV, tmp_path / "out")
+    with pytest.raises(BadInput, match="not both"):
+        stage.score_files(detections, LABELS_CSV, tmp_path / "out", folds_csv=a_file, fold=0,
+                          images=a_file)
+    with pytest.raises(BadInput, match="no such file"):
+        stage.score_files(detections, tmp_path / "labels.csv", tmp_path / "out")
+    two_columns = tmp_path / "ids.csv"
+    two_columns.write_text("id,fold\nx,0\n")
+    with pytest.raises(BadInput, match=f"{two_columns}, row 1: neither one patientId per line"):
+        stage.score_files(detections, LABELS_CSV, tmp_path / "out", images=two_columns)

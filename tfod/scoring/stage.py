@@ -36,6 +36,7 @@ from tfod.scoring import analysis
 from tfod.scoring.metric import (
     MIN_SCORES,
     THRESHOLDS,
+    ScaleFit,
     best_threshold,
     fit_box_scale,
     match_packed,
@@ -226,7 +227,7 @@ class Scored:
 
     metrics: dict
     curve: np.ndarray
-    fit: object  # metric.ScaleFit
+    fit: ScaleFit
     errors: dict
     image_scores: np.ndarray
     counts: tuple  # tp, fp, fn (I,) at IoU COUNT_IOU
@@ -369,6 +370,8 @@ def score_files(detections_csv, labels_csv, output_dir, folds_csv=None, fold: in
     """
     if (folds_csv is None) != (fold is None):
         raise BadInput("--folds_csv and --fold go together")
+    if images is not None and folds_csv is not None:
+        raise BadInput("give --images or --folds_csv/--fold, not both")
     check_options(options.get("threshold"), options.get("box_scale"), options.get("dicom_dir"))
     fold_ids = None if folds_csv is None else _fold_ids(folds_csv, fold)
     image_ids = None if images is None else read_image_ids(images)
