@@ -305,3 +305,17 @@ def test_unusable_files_and_folders_are_bad_input(tmp_path, sample):
     two_columns.write_text("id,fold\nx,0\n")
     with pytest.raises(BadInput, match=f"{two_columns}, row 1: neither one patientId per line"):
         stage.score_files(detections, LABELS_CSV, tmp_path / "out", images=two_columns)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "row 1: empty file"),
+    ("patientId,x,y,width,height\n", "row 1: "),
+    ("patientId,x,y,width,height,Target\n", "no label row"),
+    ("patientId,x,y,width,height,Target\n" + GOOD_ID + ",1,2,3,4,0\n", "row 2: "),
+])
+def test_a_bad_labels_file_is_named(tmp_path, sample, text, reason):
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text(text)
+    detections = det.write_detections(sample[1], tmp_path / "val.csv")
+    with pytest.raises(BadInput, match=f"{labels_csv}, {reason}|{labels_csv}: {reason}"):
+        stage.score_files(detections, labels_csv, tmp_path / "out")

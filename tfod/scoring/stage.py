@@ -376,6 +376,8 @@ def score_files(detections_csv, labels_csv, output_dir, folds_csv=None, fold: in
     fold_ids = None if folds_csv is None else _fold_ids(folds_csv, fold)
     image_ids = None if images is None else read_image_ids(images)
     labels = det.read_labels(require_file(labels_csv, "--labels_csv"))
+    if not len(labels):
+        raise BadInput("no label row: nothing to score against", labels_csv)
     selection = select_images(labels, read_detections_file(detections_csv), fold_ids, image_ids,
                               source=str(detections_csv))
     extra = {**selection.counts, **({"notes": selection.notes} if selection.notes else {})}
