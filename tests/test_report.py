@@ -282,7 +282,7 @@ def test_every_detections_error_is_one_line_exit_2(tmp_path, text, row, reason):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     where = f"{bad}, row {row}: " if row else f"{bad}: "
-    assert lines[0].startswith("evaluate.py: error: " + where) and reason in lines[0]
+    assert ": error: " + where in lines[0] and reason in lines[0]
 
 
 def test_unusable_files_and_folders_are_bad_input(tmp_path, sample):

@@ -296,9 +296,9 @@ def score_detections(ground_truth: Mapping[str, ImageBoxes],
                                            output_dir / "gallery", gallery_limit)
         metrics["not_drawn"] = metrics["gallery"].pop("not_drawn")
         if metrics["not_drawn"]:
-            metrics.setdefault("notes", []).append(
+            metrics["notes"] = [*metrics.get("notes", []), (
                 f"{len(metrics['not_drawn'])} image(s) could not be drawn: see not_drawn in "
-                f"{output_dir / 'metrics.json'}")
+                f"{output_dir / 'metrics.json'}")]
         _write_metrics(metrics, output_dir)
     return _without_nan(metrics)
 
