@@ -7,6 +7,7 @@ import pytest
 from conftest import CLASS_INFO_CSV, LABELS_CSV, RSNA
 
 from tfod.data import labels as L
+from tfod.errors import BadInput
 
 HEADERS_CSV = RSNA / "stage_2_train_dicom_headers.csv.gz"
 POSITIVE = "00436515-870c-4b36-a041-de91049b9ab4"  # lines 6, 7 of the official labels
@@ -99,9 +100,9 @@ def test_every_bad_row_is_reported_with_its_line(tmp_path):
 def test_missing_column_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("patientId,x,y,width,Target\nabc,,,,0\n")
-    with pytest.raises(L.LabelsError, match=r"labels\.csv.*height"):
+    with pytest.raises(BadInput, match=r"labels\.csv.*height"):
         L.read_labels(path)
-    with pytest.raises(L.LabelsError, match="not found"):
+    with pytest.raises(BadInput, match="not found"):
         L.read_labels(tmp_path / "absent.csv")
 
 
