@@ -10,11 +10,10 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
-from pydicom import uid
-from pydicom.encaps import encapsulate, generate_frames
 from conftest import EDGE_CASES
 from PIL import Image
-from pydicom.encaps import generate_frames
+from pydicom import uid
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian
 
 from tfod.data import dicom

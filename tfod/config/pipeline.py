@@ -672,7 +672,10 @@ def _image_size(size: int) -> int:
 def check_data_for_fold(data_dir: str | os.PathLike, fold: int, verify: bool = False) -> None:
     """Refuse an unfinished or changed converted folder (see
     :func:`tfod.data.manifest.check_converted`) and an empty training or evaluation set."""
-    images = split_images(check_converted(data_dir, verify))
+    try:
+        images = split_images(check_converted(data_dir, verify))
+    except BadInput as error:  # as a ConfigError, which the config tools report
+        raise ConfigError(error.reason, error.file, error.row) from error
     folds = {int(split[4:]): count for split, count in images.items() if split.startswith("fold")}
     evaluated = list(folds) if fold == -1 else [fold]
     trained = [k for k in folds if fold == -1 or k != fold]
