@@ -23,6 +23,7 @@ from tfod.classify import data, predict
 from tfod.classify.evaluate import METRICS_NAME, ROC_PLOT_NAME, best_f1, evaluate_run
 from tfod.classify.model import Serving, build_classifier, load_saved_model
 from tfod.classify.runpaths import best_weights, load_config, saved_model_path, val_probabilities
+from tfod.classify.train import ClassifierConfig, train
 from tfod.errors import BadInput
 from tfod.runfolder import RunFolder, read_json, read_status
 from tfod.scoring.metric import competition_score
@@ -185,6 +186,19 @@ def test_three_way_labels_follow_the_class_info(converted_sample):
     assert sum(value == [1.0] for value in binary) == 5
 
 
+@pytest.mark.slow
+def test_three_way_training_scores_the_opacity(converted_sample, tmp_path):
+    result = train(ClassifierConfig(
+        data_dir=str(converted_sample), run_dir=str(tmp_path / "run"), fold=-1,
+        backbone="mobilenetv2", image_size=32, num_steps=2, batch_size=4,
+        class_info=str(converted_sample / "folds.csv"), batchnorm_momentum=0.0))
+    assert result["state"] == "finished"
+    assert load_config(tmp_path / "run")["num_outputs"] == len(data.CLASSES)
+    assert (result["metrics"]["images"], result["metrics"]["positives"]) == (16, 5)
+    probabilities = predict.read_probabilities(val_probabilities(RunFolder(tmp_path / "run")))
+    assert sorted(probabilities) == sample_ids()
+
+
 def class_info_name(example, class_info) -> str:
     return data.CLASSES[class_info[example["patient_id"].numpy().decode()]]
 
@@ -194,6 +208,10 @@ def test_bad_class_info_and_folds_are_one_line_errors(converted_sample, tmp_path
     bad.write_text("patientId,class\na,Normal\nb,Pneumonia\n")
     with pytest.raises(BadInput, match=r"classes.csv, row 2: class 'Pneumonia'"):
         data.read_class_info(bad)
+    one = tmp_path / "one.csv"
+    one.write_text(f"patientId,class\n{sample_ids()[0]},Normal\n")
+    with pytest.raises(BadInput, match=r"one.csv: 15 patient\(s\) of .* have no class"):
+        data.check_class_info(data.read_class_info(one), converted_sample, one)
     with pytest.raises(BadInput, match=r"--fold=5 is not among the folds \[0, 1\]"):
         data.split_for(converted_sample, 5)
     every = data.split_for(converted_sample, -1)

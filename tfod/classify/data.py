@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import tensorflow as tf
 
-from tfod.data import records
-from tfod.data.convert import MANIFEST_NAME
+from tfod.data import records, splits
+from tfod.data.convert import FOLDS_NAME, MANIFEST_NAME
 from tfod.errors import BadInput
 
 CLASSES = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")  # the opacity comes last
@@ -80,6 +80,15 @@ def read_class_info(path) -> dict[str, int]:
         raise BadInput(f"class {table['class'].iloc[row]!r} is not one of {CLASSES}", path, row + 1)
     table = table.drop_duplicates("patientId")
     return dict(zip(table["patientId"], table["class"].map(CLASSES.index), strict=True))
+
+
+def check_class_info(class_info: dict[str, int], data_dir, path) -> None:
+    """:class:`BadInput` when a patient of the converted folder has no class in ``path``."""
+    patients = splits.read_folds_csv(Path(data_dir) / FOLDS_NAME)["patientId"]
+    missing = sorted(set(patients) - set(class_info))
+    if missing:
+        raise BadInput(f"{len(missing)} patient(s) of {data_dir} have no class, e.g. "
+                       f"{missing[:3]}", path)
 
 
 def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:

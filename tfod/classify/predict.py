@@ -110,12 +110,14 @@ def predict_probabilities(predictor: Predictor, images: Iterable[tuple[str, byte
                           skipped: list[dict], batch_size: int = 16) -> dict[str, float]:
     """``{patientId: probability}``; repeated patientIds are skipped after the first."""
     probabilities: dict[str, float] = {}
+    seen: set[str] = set()
     for batch in _batches(images, batch_size):
         fresh = []
         for patient_id, encoded in batch:
-            if patient_id in probabilities or any(patient_id == seen for seen, _ in fresh):
+            if patient_id in seen:
                 skipped.append({"patientId": patient_id, "reason": "patientId repeated"})
             else:
+                seen.add(patient_id)
                 fresh.append((patient_id, encoded))
         probabilities.update(_predict_batch(predictor, fresh, skipped))
     return probabilities

@@ -187,10 +187,13 @@ def train(config: ClassifierConfig) -> dict:
     """
     config.check()
     split = data.split_for(config.data_dir, config.fold)
-    labeler = data.Labeler(data.read_class_info(config.class_info) if config.class_info else None)
+    class_info = data.read_class_info(config.class_info) if config.class_info else None
+    if class_info:
+        data.check_class_info(class_info, config.data_dir, config.class_info)
+    strategy = make_strategy(config.gpus)  # before any TensorFlow op fixes the devices
+    labeler = data.Labeler(class_info)
     run = RunFolder(config.run_dir).create()
     tf.keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(config.gpus)
     runfolder.write_json(config_path(run), {**asdict(config), "num_outputs": labeler.num_outputs,
                                             "folds": split.folds, "tfod_version": tfod.__version__,
                                             "tensorflow": tf.__version__})
