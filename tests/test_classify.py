@@ -40,6 +40,15 @@ def run_tool(*flags) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=900)
 
 
+def read_probabilities(path) -> dict[str, float]:
+    """A ``patientId,probability`` CSV as written by tfod-classify (the ensemble stage owns the
+    strict reader, tfod.infer.outside.read_probabilities)."""
+    table = pd.read_csv(path, dtype={"patientId": str, "probability": float})
+    assert list(table.columns) == ["patientId", "probability"]
+    assert not table["patientId"].duplicated().any()
+    return dict(zip(table["patientId"], table["probability"], strict=True))
+
+
 def sample_ids() -> list[str]:
     return sorted(path.stem for path in SAMPLE_DICOMS.glob("*.dcm"))
 
@@ -85,7 +94,7 @@ def test_train_writes_a_run_folder(trained_run, converted_sample):
     metrics = json.loads((trained_run.metrics / METRICS_NAME).read_text())
     assert (trained_run.metrics / ROC_PLOT_NAME).stat().st_size > 1000
     fold0 = pd.read_csv(converted_sample / "folds.csv").query("fold == 0")
-    probabilities = predict.read_probabilities(val_probabilities(trained_run))
+    probabilities = read_probabilities(val_probabilities(trained_run))
     assert sorted(probabilities) == sorted(fold0["patientId"])
     labels = fold0.set_index("patientId").loc[list(probabilities), "target"]
     assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, list(probabilities.values())))
@@ -98,7 +107,7 @@ def test_predict_tool_gives_every_sample_dicom_a_probability(trained_run, tmp_pa
     done = run_tool("--mode=predict", f"--model={trained_run.root}", f"--input={SAMPLE_DICOMS}",
                     f"--output={output}")
     assert done.returncode == 0, done.stderr[-3000:]
-    probabilities = predict.read_probabilities(output)
+    probabilities = read_probabilities(output)
     assert sorted(probabilities) == sample_ids()
     values = np.array(list(probabilities.values()))
     assert ((values >= 0) & (values <= 1)).all()
@@ -127,8 +136,8 @@ def test_dicoms_and_their_records_give_the_same_probabilities(trained_run, conve
     from_records = predict.predict(saved_model_path(trained_run), record_glob(converted_sample),
                                    tmp_path / "records.csv", batch_size=5)
     assert from_dicoms["images"] == from_records["images"] == 16
-    dicoms = predict.read_probabilities(tmp_path / "dicoms.csv")
-    records = predict.read_probabilities(tmp_path / "records.csv")
+    dicoms = read_probabilities(tmp_path / "dicoms.csv")
+    records = read_probabilities(tmp_path / "records.csv")
     assert sorted(dicoms) == sorted(records) == sample_ids()
     np.testing.assert_allclose([records[i] for i in dicoms], list(dicoms.values()), atol=1e-5)
 
@@ -144,7 +153,7 @@ def test_unreadable_inputs_are_listed_not_dropped(trained_run, tmp_path):
         str(real[1]), str(real[1]), "truncated.dcm", "missing.dcm", ""]))
     summary = predict.predict(trained_run.root, listing, tmp_path / "out.csv")
     assert summary["images"] == 2 and summary["skipped"] == 3
-    assert sorted(predict.read_probabilities(tmp_path / "out.csv")) == [p.stem for p in real]
+    assert sorted(read_probabilities(tmp_path / "out.csv")) == [p.stem for p in real]
     reasons = {entry["patientId"]: entry["reason"]
                for entry in json.loads(predict.skipped_path(tmp_path / "out.csv").read_text())}
     assert set(reasons) == {real[1].stem, "truncated", "missing"}
@@ -155,7 +164,7 @@ def test_unreadable_inputs_are_listed_not_dropped(trained_run, tmp_path):
 def test_evaluate_all_folds(trained_run, converted_sample):
     metrics = evaluate_run(trained_run.root, converted_sample, fold=-1)
     folds = pd.read_csv(converted_sample / "folds.csv").set_index("patientId")
-    probabilities = predict.read_probabilities(val_probabilities(trained_run))
+    probabilities = read_probabilities(val_probabilities(trained_run))
     assert sorted(probabilities) == sample_ids()
     labels = folds.loc[list(probabilities), "target"].to_numpy()
     assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, list(probabilities.values())))
@@ -195,7 +204,7 @@ def test_three_way_training_scores_the_opacity(converted_sample, tmp_path):
     assert result["state"] == "finished"
     assert load_config(tmp_path / "run")["num_outputs"] == len(data.CLASSES)
     assert (result["metrics"]["images"], result["metrics"]["positives"]) == (16, 5)
-    probabilities = predict.read_probabilities(val_probabilities(RunFolder(tmp_path / "run")))
+    probabilities = read_probabilities(val_probabilities(RunFolder(tmp_path / "run")))
     assert sorted(probabilities) == sample_ids()
 
 
@@ -251,7 +260,7 @@ def classifier_csv(truth: dict, path) -> dict[str, float]:
     """A classifier that gives the negative images a low probability, through its CSV."""
     predict.write_probabilities(
         {i: 0.95 if len(image.boxes) else 0.05 for i, image in truth.items()}, path)
-    return predict.read_probabilities(path)
+    return read_probabilities(path)
 
 
 def test_gating_by_multiplication_raises_the_competition_score(sample_truth, tmp_path):
@@ -276,11 +285,12 @@ def test_gating_by_multiplication_raises_the_competition_score(sample_truth, tmp
 
 
 def test_gating_through_the_ensemble_stage(sample_truth, tmp_path):
-    """The ensemble stage's own gating (tfod.infer.ensemble, another branch): must exist."""
-    from tfod.infer import ensemble
+    """The ensemble stage's own CSV reader and gating (tfod.infer, another branch): must exist."""
+    from tfod.infer import ensemble, outside
 
     detections = negatives_with_false_positives(sample_truth, np.random.default_rng(2))
-    probabilities = classifier_csv(sample_truth, tmp_path / "classifier.csv")
+    classifier_csv(sample_truth, tmp_path / "classifier.csv")
+    probabilities = outside.read_probabilities(tmp_path / "classifier.csv")
     gated = ensemble.gate(detections, probabilities, "multiply")
     assert sorted(gated) == sorted(detections)
     assert (competition_score(sample_truth, gated, min_score=0.5)

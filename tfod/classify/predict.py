@@ -133,24 +133,6 @@ def write_probabilities(probabilities: dict[str, float], path) -> Path:
     return path
 
 
-def read_probabilities(path) -> dict[str, float]:
-    """A ``patientId,probability`` CSV back; :class:`BadInput` naming the row of a bad line."""
-    with open(path, newline="") as stream:
-        rows = list(csv.reader(stream))
-    if not rows or [name.strip() for name in rows[0]] != HEADER:
-        raise BadInput(f"expected the header {','.join(HEADER)}", path)
-    found = {}
-    for row, fields in enumerate(rows[1:], start=1):
-        try:
-            value = float(fields[1])
-        except (IndexError, ValueError):
-            value = math.nan
-        if len(fields) != 2 or not fields[0] or not 0.0 <= value <= 1.0:
-            raise BadInput(f"expected patientId,probability in [0, 1], got {fields}", path, row)
-        found[fields[0]] = value
-    return found
-
-
 def predict(model, input_spec, output, batch_size: int = 16) -> dict:
     """Write ``output`` (``patientId,probability``) and its skipped sidecar; a summary."""
     predictor = load_predictor(model)
