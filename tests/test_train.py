@@ -20,6 +20,7 @@ import tensorflow as tf
 import tfod.compat  # noqa: F401
 from tfod.config import pipeline as configs
 from tfod.runfolder import Checkpoint, RunFolder, list_checkpoints, read_status
+from tfod.train import launch
 from tfod.train.engine import (
     NAN_MESSAGE,
     RsnaEvaluator,
@@ -27,7 +28,6 @@ from tfod.train.engine import (
     keep_best,
     steps_per_iteration,
 )
-from tfod.train import launch
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS, CHECKPOINT_EVERY = 60, 20

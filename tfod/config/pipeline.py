@@ -11,6 +11,7 @@ themselves, so each number lives in one place.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -30,10 +31,12 @@ from object_detection.protos import train_pb2
 from object_detection.utils import config_util, label_map_util
 
 from tfod.data import records
+from tfod.data.manifest import MANIFEST_NAME, check_converted, split_images
 from tfod.errors import BadInput
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "pipeline_configs"
 PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
+IMAGE_SIZE_RANGE = (32, 4096)  # pixels: outside it a typo, not a model
 
 
 class ConfigError(BadInput):
@@ -636,7 +639,7 @@ def build_configs(
 
     train_config = configs["train_config"]
     if image_size is not None:
-        set_image_size(configs["model"], _positive("image_size", image_size))
+        set_image_size(configs["model"], _image_size(image_size))
     if batch_size is not None:
         base_batch = train_config.batch_size
         train_config.batch_size = _positive("batch_size", batch_size)
@@ -655,9 +658,32 @@ def build_configs(
 
 
 def _positive(name: str, value):
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive finite number, got {value}")
     return value
+
+
+def _image_size(size: int) -> int:
+    low, high = IMAGE_SIZE_RANGE
+    if not low <= size <= high:
+        raise ConfigError(f"image_size must be between {low} and {high} pixels, got {size}")
+    return size
+
+
+def check_data_for_fold(data_dir: str | os.PathLike, fold: int, verify: bool = False) -> None:
+    """Refuse an unfinished or changed converted folder (see
+    :func:`tfod.data.manifest.check_converted`) and an empty training or evaluation set."""
+    try:
+        images = split_images(check_converted(data_dir, verify))
+    except BadInput as error:  # as a ConfigError, which the config tools report
+        raise ConfigError(error.reason, error.file, error.row) from error
+    folds = {int(split[4:]): count for split, count in images.items() if split.startswith("fold")}
+    evaluated = list(folds) if fold == -1 else [fold]
+    trained = [k for k in folds if fold == -1 or k != fold]
+    for role, members in (("training", trained), ("evaluation", evaluated)):
+        if members and not sum(folds.get(k, 0) for k in members):
+            raise ConfigError(f"the {role} set of --fold={fold} has no image (folds "
+                              f"{sorted(members)} are empty in {MANIFEST_NAME})", data_dir)
 
 
 def write_config(configs: Mapping, output: str | os.PathLike) -> Path:
@@ -678,8 +704,10 @@ def write_config(configs: Mapping, output: str | os.PathLike) -> Path:
 
 
 def build_config(model: str, data_dir: str | os.PathLike, fold: int,
-                 output: str | os.PathLike, **options) -> Path:
-    """:func:`build_configs` (``options`` are its keyword arguments), written to ``output``."""
+                 output: str | os.PathLike, verify: bool = False, **options) -> Path:
+    """:func:`build_configs` (``options`` are its keyword arguments), written to ``output``,
+    after :func:`check_data_for_fold` (``verify``: also compare the shards' sha256)."""
+    check_data_for_fold(data_dir, fold, verify)
     return write_config(build_configs(model, data_dir, fold, **options), output)
 
 
