@@ -5,7 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 from conftest import LABELS_CSV, REPO
+
+from tfod import cli
+from tfod.errors import BadInput, RunFailed
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -61,12 +65,12 @@ def _error_lines(result):
      2, "no-such.csv: no such file (--detections)"),
     ("make_config", ["--model=nope", "--output=p.config"], 2, "flag --model=nope"),
     ("make_config", ["--model=ssd_mobilenet_v2", "--data_dir=no-such-folder",
-                     "--output=p.config"], 2, "no label map"),
+                     "--output=p.config"], 2, "no-such-folder: "),
     ("train", ["--output=p.config"], 2, "Unknown command line flag 'output'"),
     ("train", ["--model=ssd_mobilenet_v2", "--pipeline_config=p.config"], 2,
      "give either --model"),
     ("train", ["--learning_rate=fast"], 2, "flag --learning_rate=fast"),
-    ("demo", ["--dicom_dir={tmp}", "--output_dir={tmp}/out"], 1, "no .dcm files"),
+    ("demo", ["--dicom_dir={tmp}", "--output_dir={tmp}/out"], 2, "no .dcm files"),
 ])
 def test_exit_codes_and_one_error_line(tool, args, code, message, tmp_path):
     args = [arg.format(tmp=tmp_path) for arg in args]
@@ -80,3 +84,24 @@ def test_a_tool_that_works_exits_0():
     result = _run([sys.executable, "-m", "tools.doctor", "--quiet"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert _error_lines(result) == []
+
+
+def _fails_with(error):
+    def main(argv):
+        raise error
+    return main
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (BadInput("bad value", "f.csv", 3), 2, "error: f.csv, row 3: bad value"),
+    (RunFailed("stage 'train' failed: see logs"), 1, "error: stage 'train' failed: see logs"),
+    (OSError("disk full"), 1, "error: OSError: disk full (--debug shows the traceback)"),
+])
+def test_the_runner_turns_each_failure_into_its_exit_code(error, code, line, capsys):
+    flags.FLAGS(["tool"])
+    try:
+        assert cli.guarded(_fails_with(error))(["tool"]) == code
+    finally:
+        flags.FLAGS.unparse_flags()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and line in err and "Traceback" not in err
