@@ -13,6 +13,8 @@ from tfod.errors import BadInput, RunFailed
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
+SCRIPTS = {"evaluate": "tfod-evaluate", "make_config": "tfod-config", "train": "tfod-train",
+           "demo": "tfod-demo", "doctor": "tfod-doctor"}
 TOOL_FLAGS = {
     "evaluate": ["detections", "labels_csv", "images", "box_scale", "dicom_dir", "debug"],
     "make_config": ["model", "data_dir", "fold", "override", "output", "list_models", "debug"],
@@ -78,6 +80,7 @@ def test_exit_codes_and_one_error_line(tool, args, code, message, tmp_path):
     assert result.returncode == code, result.stderr
     lines = _error_lines(result)
     assert len(lines) == 1 and message in lines[0], result.stderr
+    assert lines[0].startswith(f"{SCRIPTS[tool]}: error: ")  # its name, also under python -m
 
 
 def test_a_tool_that_works_exits_0():

@@ -15,6 +15,7 @@ Flag groups used by several tools are defined here once, as functions a tool cal
 """
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -30,7 +31,17 @@ _DEBUG = flags.DEFINE_bool("debug", False, "On an error, show the Python traceba
 
 
 def tool_name() -> str:
-    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "tfod"
+    """The console script's name, also under ``python -m tools.<module>`` (as the demo runs
+    the tools) when tfod is installed; else the script's file name."""
+    if not (sys.argv and sys.argv[0]):
+        return "tfod"
+    script = Path(sys.argv[0])
+    if script.suffix == ".py" and script.parent.name == "tools":
+        wanted = f"tools.{script.stem}:run"
+        for entry in importlib.metadata.entry_points(group="console_scripts"):
+            if entry.value == wanted:
+                return entry.name
+    return script.name
 
 
 def fail(message: str, code: int) -> int:
