@@ -24,7 +24,8 @@ Exactness choices:
 
 Speed: only images with both ground truth and predictions (the rows) can have hits, and in
 them only the candidates, predictions whose IoU with some true box exceeds the lowest threshold:
-the others never change the matching, they only count as FP. A cheap per-axis bound finds the
+the others never change the matching, they only count as FP. A cheap per-axis bound
+(:func:`may_exceed`, shared by both paths below) finds the
 pairs whose IoU may exceed it, and only those get the exact IoU. Candidates are padded per row
 by decreasing score. Rows whose candidates all prefer different true boxes, or each exceed the
 lowest threshold with one true box only (one true box is the common case), are matched without
