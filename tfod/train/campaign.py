@@ -130,7 +130,8 @@ def train_folds(request: ConfigRequest, plan: Sequence[FoldRun], backend: str, f
         if state == "finished" and not dry_run:
             echo(f"[cv fold {item.fold}] finished already: skipped")
             continue
-        prefix = f"[cv {done}/{len(plan)} done, fold {item.fold}]"
+        prefix = (f"[plan fold {item.fold}, lane {item.lane}]" if dry_run
+                  else f"[cv {done}/{len(plan)} done, fold {item.fold}]")
         echo(f"{prefix} {'planned' if dry_run else 'training'} ({state}) in {item.run_dir}")
         code = launch_run(dataclasses.replace(request, fold=item.fold), run_dir=item.run_dir,
                           backend=backend, dry_run=dry_run,
