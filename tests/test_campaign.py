@@ -128,19 +128,23 @@ def test_tfod_evaluate_scores_every_fold_at_once_from_oof(two_folds, tmp_path):
 @pytest.mark.slow
 def test_patience_stops_a_run_that_cannot_improve_and_keeps_the_best(converted_sample, tmp_path):
     run = RunFolder(tmp_path / "run")
-    num_steps = 400
+    # Far more steps than the evaluator needs to start and score 3 checkpoints on a busy
+    # machine, and every checkpoint kept until then (the evaluator scores them in order).
+    num_steps, every = 3000, 50
     command = ["tools.train", f"--model={MODEL}", f"--data_dir={converted_sample}", "--fold=0",
-               f"--num_steps={num_steps}", "--checkpoint_every=10", "--log_every=10",
-               "--patience=2", f"--run_dir={run.root}", *TINY, *ZERO_LEARNING_RATE]
+               f"--num_steps={num_steps}", f"--checkpoint_every={every}", f"--log_every={every}",
+               "--max_to_keep=20", "--patience=2", f"--run_dir={run.root}", *TINY,
+               *ZERO_LEARNING_RATE]
     done = tool(*command)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     status = read_status(run)
     assert status["state"] == "finished" and status["stopped_early"] is True
-    assert 10 <= status["step"] < num_steps
+    print(f"early stopping: stopped at step {status['step']} of {num_steps}")
+    assert 3 * every <= status["step"] < num_steps
     assert "did not improve" in status["reason"] and "stopped early" in done.stdout
     assert read_json(run.stop_request)["reason"] == status["reason"]
     best = read_json(run.best_checkpoint)
-    assert best["step"] == 10  # nothing beats the first evaluation at a learning rate of 0
+    assert best["step"] == every  # nothing beats the first evaluation at a learning rate of 0
     assert (run.best_dir / f"{best['checkpoint']}.index").exists()
     assert "early stopping" in run.eval_log.read_text()
     again = tool(*command)
