@@ -16,6 +16,7 @@ Layout (``RunFolder`` names every path; nothing else in tfod spells them)::
       predictions/val-step{N}.csv   the evaluator's detections on the eval fold at step N
       predictions/val.csv  those of the best checkpoint (the detections CSV of tfod-evaluate)
       train_status.json    the trainer's state and heartbeat, read by the evaluator
+      stop_request.json    the evaluator's request that the trainer save and stop (early stopping)
 
 Only the standard library is used here (checkpoint steps are read through TensorFlow, imported
 when asked), so the launcher can plan a run without loading TensorFlow.
@@ -104,6 +105,10 @@ class RunFolder:
     def status(self) -> Path:
         return self.root / "train_status.json"
 
+    @property
+    def stop_request(self) -> Path:
+        return self.root / "stop_request.json"
+
     def create(self) -> RunFolder:
         for folder in (self.root, self.logs, self.train_events, self.eval_events,
                        self.predictions):
@@ -153,6 +158,16 @@ def write_status(run: RunFolder, state: str, **fields) -> None:
 
 def read_status(run: RunFolder) -> dict:
     return read_json(run.status, default={}) or {}
+
+
+def request_stop(run: RunFolder, reason: str) -> None:
+    """Ask the trainer of ``run`` to save and stop (it checks at its next checkpoint)."""
+    write_json(run.stop_request, {"reason": reason, "time": time.time(), "pid": os.getpid()})
+
+
+def read_stop_request(run: RunFolder) -> dict | None:
+    """The pending stop request of ``run`` (``reason``, ``time``), or None."""
+    return read_json(run.stop_request, default=None)
 
 
 def tail(path: Path, lines: int = 20) -> str:

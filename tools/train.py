@@ -5,6 +5,8 @@ tfod-train --model ssd_mobilenet_v2 --data_dir tfrecords/rsna --fold 0 --num_ste
 tfod-train --pipeline_config runs/ssd_mobilenet_v2-fold0/pipeline.config   # resume as it was
 tfod-train --model ssd_mobilenet_v2 --data_dir tfrecords/rsna --backend docker --gpus 0,1 \\
     --image tfod:gpu --dry_run                                         # print the docker run lines
+tfod-train --model ssd_mobilenet_v2 --data_dir tfrecords/rsna --folds all --gpus 0,1 \\
+    --parallel_folds --patience 5          # every fold, one per GPU, then runs/<model>-cv/oof.csv
 
 The config flags (--model --data_dir --fold --image_size --batch_size --num_steps
 --learning_rate --fine_tune_checkpoint --override, and --pipeline_config) are the group of
@@ -18,7 +20,7 @@ from absl import flags
 
 from tfod import cli
 from tfod.config import pipeline as configs
-from tfod.train import launch
+from tfod.train import campaign, launch
 
 CONFIG = cli.define_config_flags(configs.REGISTRY, pipeline_config=True)
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run folder (default runs/<model>-fold<k>).")
@@ -47,6 +49,18 @@ _TRAINER_TIMEOUT = flags.DEFINE_float(
     "checkpoint or a trainer heartbeat.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the run-folder plan and the exact "
                              "commands; start nothing.")
+# Cross-validation campaign and early stopping (docs/train.md).
+_FOLDS = flags.DEFINE_string("folds", None, "Train these folds ('0,1,2' or 'all') into "
+                             "<run_root>/<model>-fold<k>, then <run_root>/<model>-cv/oof.csv.")
+_RUN_ROOT = flags.DEFINE_string("run_root", "runs", "Parent of a campaign's run folders.")
+_PARALLEL_FOLDS = flags.DEFINE_bool("parallel_folds", False, "With --folds and --gpus=0,1,...: "
+                                    "one fold per GPU at the same time.")
+_LABELS_CSV = flags.DEFINE_string("labels_csv", None, "Labels to score the out-of-fold set "
+                                  "(default: the one the converted folder was made from).")
+_PATIENCE = flags.DEFINE_integer("patience", 0, "Stop after this many evaluations without a "
+                                 "better rsna/score; 0: never.", lower_bound=0)
+_MIN_DELTA = flags.DEFINE_float("min_delta", 0.0, "A better rsna/score beats the best by more "
+                                "than this.", lower_bound=0.0, upper_bound=1.0)
 
 
 def flag_values() -> dict:
@@ -55,21 +69,32 @@ def flag_values() -> dict:
     return {**CONFIG.values(), **{flag.name: flag.value for flag in own}}
 
 
-def main(argv):
-    del argv  # checked by cli.runner
-    if CONFIG.list_models:
-        print(configs.format_model_table())
-        return 0
-    return launch.launch_run(
-        CONFIG.request(), run_dir=_RUN_DIR.value, backend=_BACKEND.value,
-        dry_run=_DRY_RUN.value, flags=flag_values(),
+def launch_options() -> dict:
+    """The LaunchSpec fields given by the flags."""
+    return dict(
         gpus=_GPUS.value, eval_device=_EVAL_DEVICE.value, image=_IMAGE.value,
         tensorboard_port=_TENSORBOARD_PORT.value, tensorboard_host=_TENSORBOARD_HOST.value,
         max_restarts=_MAX_RESTARTS.value, checkpoint_every=_CHECKPOINT_EVERY.value,
         max_to_keep=_MAX_TO_KEEP.value, log_every=_LOG_EVERY.value,
         num_workers=_NUM_WORKERS.value, shm_size=_SHM_SIZE.value,
-        trainer_timeout=_TRAINER_TIMEOUT.value,
+        trainer_timeout=_TRAINER_TIMEOUT.value, patience=_PATIENCE.value,
+        min_delta=_MIN_DELTA.value,
     )
+
+
+def main(argv):
+    del argv  # checked by cli.runner
+    if CONFIG.list_models:
+        print(configs.format_model_table())
+        return 0
+    if _FOLDS.value:
+        return campaign.run_campaign(
+            CONFIG.request(), _FOLDS.value, run_root=_RUN_ROOT.value, backend=_BACKEND.value,
+            parallel=_PARALLEL_FOLDS.value, labels_csv=_LABELS_CSV.value,
+            dry_run=_DRY_RUN.value, flags=flag_values(), **launch_options())
+    return launch.launch_run(
+        CONFIG.request(), run_dir=_RUN_DIR.value, backend=_BACKEND.value,
+        dry_run=_DRY_RUN.value, flags=flag_values(), **launch_options())
 
 
 run = cli.runner(main)

@@ -56,10 +56,12 @@ from tfod.runfolder import (
     list_checkpoints,
     read_json,
     read_status,
+    read_stop_request,
     write_json,
     write_status,
 )
 from tfod.scoring import metric as score
+from tfod.train import early_stop
 
 NAN_MESSAGE = "tfod: the training loss is not finite"
 RSNA_METRICS = "rsna_metrics"
@@ -74,6 +76,10 @@ class TrainError(RuntimeError):
 
 class NonFiniteLoss(TrainError):
     """The training loss became NaN or infinite."""
+
+
+class StopRequested(Exception):  # noqa: N818  (a request, not an error)
+    """The run folder holds a stop request (early stopping): the checkpoint is saved, stop."""
 
 
 # ---------------------------------------------------------------------------------- training
@@ -105,10 +111,11 @@ def steps_per_iteration(start: int, target: int, checkpoint_every: int) -> int:
 
 
 @contextlib.contextmanager
-def _od_api_hooks(log_every: int):
+def _od_api_hooks(log_every: int, run: RunFolder):
     """Patch model_lib_v2 for one train_loop call: NaN check, log interval, and a
     CheckpointManager that we keep a handle on (train_loop does not return it) to save the
-    final step. Everything is put back on exit."""
+    final step, and that stops training after a save when the run holds a stop request.
+    Everything is put back on exit."""
     from object_detection import model_lib_v2
 
     train_module = model_lib_v2.tf.compat.v2.train
@@ -118,6 +125,13 @@ def _od_api_hooks(log_every: int):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             managers.append(self)
+
+        def save(self, *args, **kwargs):
+            path = super().save(*args, **kwargs)
+            request = read_stop_request(run)
+            if request:
+                raise StopRequested(request.get("reason", "stop requested"))
+            return path
 
     saved = (model_lib_v2.eager_train_step, model_lib_v2.LOG_EVERY, train_module.CheckpointManager)
     model_lib_v2.eager_train_step = finite_loss_step(saved[0])
@@ -137,7 +151,8 @@ def _save_final_step(manager, should_checkpoint: bool) -> int:
     step = int(manager.checkpoint.step.numpy())
     latest = manager.latest_checkpoint
     if latest is None or checkpoint_step(latest) != step:
-        manager.save()
+        with contextlib.suppress(StopRequested):  # raised after the save
+            manager.save()
         if not should_checkpoint:  # a non-chief worker saved into a temporary folder
             tf.io.gfile.rmtree(manager.directory)
     return step
@@ -205,6 +220,12 @@ def train(pipeline_config, run_dir, num_steps: int | None = None, checkpoint_eve
     target = target_steps(read_configs(pipeline_config), num_steps)
     latest = latest_checkpoint(run.root)
     start = latest.step if latest else 0
+    request = read_stop_request(run)
+    if request:
+        log.info("the run was stopped early (%s): nothing to train", request.get("reason"))
+        write_status(run, FINISHED, step=start, target=target, stopped_early=True,
+                     reason=request.get("reason"))
+        return start
     if start >= target:
         log.info("%s is at step %d, which reaches the %d steps asked: nothing to train",
                  latest.name, start, target)
@@ -219,7 +240,8 @@ def train(pipeline_config, run_dir, num_steps: int | None = None, checkpoint_eve
     log.info("strategy %s with %d replica(s); %d step(s) per iteration",
              type(strategy).__name__, strategy.num_replicas_in_sync, per_iteration)
 
-    with _od_api_hooks(log_every) as managers:
+    stopped = {}
+    with _od_api_hooks(log_every, run) as managers:
         def current_step():
             return int(managers[-1].checkpoint.step.numpy()) if managers else start
 
@@ -230,6 +252,9 @@ def train(pipeline_config, run_dir, num_steps: int | None = None, checkpoint_eve
                     train_steps=target, checkpoint_every_n=checkpoint_every,
                     checkpoint_max_to_keep=max_to_keep, num_steps_per_iteration=per_iteration,
                 )
+            except StopRequested as request:
+                stopped = {"stopped_early": True, "reason": str(request)}
+                log.info("stopped early at step %d: %s", current_step(), request)
             except tf.errors.InvalidArgumentError as error:
                 if NAN_MESSAGE in str(error):
                     good = latest_checkpoint(run.root)
@@ -240,7 +265,7 @@ def train(pipeline_config, run_dir, num_steps: int | None = None, checkpoint_eve
                     ) from None
                 raise
             step = _save_final_step(managers[-1], strategy.extended.should_checkpoint)
-    write_status(run, FINISHED, step=step, target=target)
+    write_status(run, FINISHED, step=step, target=target, **stopped)
     log.info("training finished at step %d", step)
     return step
 
@@ -435,13 +460,16 @@ def _evaluated_steps(done: Mapping) -> list[int]:
 
 
 def evaluate(pipeline_config, run_dir, num_steps: int | None = None, poll_seconds: float = 5.0,
-             trainer_timeout: float = 300.0) -> dict | None:
+             trainer_timeout: float = 300.0, patience: int = 0,
+             min_delta: float = 0.0) -> dict | None:
     """Evaluate each new checkpoint of ``run_dir`` once; return the best (``best_checkpoint``).
 
     Stops after the checkpoint at ``num_steps`` (default: the config's), when the trainer's
     state is terminal (finished, NaN loss, stopped by the launcher) and every checkpoint is
     evaluated, or when no checkpoint and no heartbeat came for ``trainer_timeout`` seconds.
-    Step-0 checkpoints (untrained weights) are skipped.
+    Step-0 checkpoints (untrained weights) are skipped. With ``patience``, after each
+    evaluation it asks the trainer to stop once the run stopped improving
+    (:mod:`tfod.train.early_stop`), and goes on until the trainer has stopped.
     """
     run = RunFolder(run_dir).create()
     target = target_steps(read_configs(pipeline_config), num_steps)
@@ -458,6 +486,7 @@ def evaluate(pipeline_config, run_dir, num_steps: int | None = None, poll_second
             if not _evaluate_one(session, run, checkpoint, done):
                 continue
             last_progress = time.time()
+            early_stop.request_if_stale(run, done, patience, min_delta)
             if checkpoint.step >= target:
                 log.info("evaluated the final step %d: evaluator done", checkpoint.step)
                 return read_json(run.best_checkpoint)
@@ -518,6 +547,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluator = commands.choices["eval"]
     evaluator.add_argument("--poll_seconds", type=float, default=5.0)
     evaluator.add_argument("--trainer_timeout", type=float, default=300.0)
+    evaluator.add_argument("--patience", type=int, default=0)
+    evaluator.add_argument("--min_delta", type=float, default=0.0)
     return parser
 
 
@@ -539,7 +570,7 @@ def main(argv=None) -> int:
     run = RunFolder(args.run_dir)
     if args.command == "eval":
         evaluate(args.pipeline_config, run.root, args.num_steps, args.poll_seconds,
-                 args.trainer_timeout)
+                 args.trainer_timeout, args.patience, args.min_delta)
         return 0
     try:
         train(args.pipeline_config, run.root, args.num_steps, args.checkpoint_every,

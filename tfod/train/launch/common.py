@@ -55,6 +55,8 @@ class LaunchSpec:
     shm_size: str = "8g"
     eval_poll_seconds: float = 5.0
     trainer_timeout: float = 300.0
+    patience: int = 0  # evaluations without a better rsna/score before stopping; 0: never
+    min_delta: float = 0.0  # what counts as better
     read_only_inputs: list[Path] = field(default_factory=list)  # data and checkpoints (docker)
 
     def __post_init__(self):
@@ -67,6 +69,11 @@ class LaunchSpec:
             raise LaunchError(f"checkpoint_every must be positive, got {self.checkpoint_every}")
         if self.max_restarts < 0:
             raise LaunchError(f"max_restarts must be >= 0, got {self.max_restarts}")
+        if self.patience < 0 or not 0 <= self.min_delta < 1:
+            raise LaunchError(f"patience must be >= 0 and min_delta in [0, 1), got "
+                              f"{self.patience} and {self.min_delta}")
+        if self.patience and not self.evaluates:
+            raise LaunchError("--patience needs the evaluator: drop --eval_device=none")
 
     @property
     def run(self) -> RunFolder:
@@ -170,8 +177,10 @@ def module_argv(role: str, spec: LaunchSpec, python: str = "python",
         return common + ["--checkpoint_every", str(spec.checkpoint_every),
                          "--max_to_keep", str(spec.max_to_keep), "--log_every", str(spec.log_every),
                          "--num_workers", str(spec.num_workers)]
+    early_stop = ["--patience", str(spec.patience), "--min_delta", str(spec.min_delta)]
     return common + ["--poll_seconds", str(spec.eval_poll_seconds),
-                     "--trainer_timeout", str(spec.trainer_timeout)]
+                     "--trainer_timeout", str(spec.trainer_timeout)] + early_stop * (
+        spec.patience > 0)
 
 
 def role_env(role: str, spec: LaunchSpec) -> dict[str, str]:

@@ -301,6 +301,8 @@ class LocalLauncher:
         line = f"trainer: {state} at step {status.get('step', '?')}/{self.spec.num_steps}"
         if outcome.restarts:
             line += f" after {outcome.restarts} restart(s)"
+        if status.get("stopped_early"):
+            line += f", stopped early ({status.get('reason')})"
         if best:
             line += (f"; best checkpoint {best['checkpoint']} (step {best['step']}) "
                      f"rsna/score {best['score']:.4f} at threshold {best['threshold']:.2f}")
