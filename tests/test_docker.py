@@ -102,16 +102,6 @@ def containers_of(run_dir: Path) -> list[str]:
     return listing.stdout.split()
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def event_tags(folder: Path) -> set[str]:
     import tensorflow as tf
 
@@ -147,7 +137,11 @@ def trained(image, converted_sample, tmp_path_factory):
                                 stderr=subprocess.STDOUT, text=True)
     trainer = container_name(LaunchSpec(run_dir=run_dir, num_steps=1), TRAIN)
     try:
-        wait_for(lambda: (run_dir / "ckpt-2.index").exists(), 900, "a checkpoint after step 0")
+        deadline = time.time() + 900
+        while not (run_dir / "ckpt-2.index").exists():  # a checkpoint after step 0
+            assert launcher.poll() is None, launcher.stdout.read()
+            assert time.time() < deadline, "no checkpoint after step 0 in 900 s"
+            time.sleep(0.2)
         killed = docker("kill", trainer, check=False)
         output, _ = launcher.communicate(timeout=900)
     finally:
