@@ -82,3 +82,4 @@ say "building $IMAGE on $BASE_IMAGE (context $hash)"
 docker build -f "$context/docker/Dockerfile" -t "$IMAGE" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
   --label "tfod.context=$hash" "$context"
 say "$IMAGE built in $(( $(date +%s) - started )) s"
+docker image prune --force --filter label=tfod.context >/dev/null  # the builds it replaced
