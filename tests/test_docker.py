@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.docker]
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "tfod:latest"
 FAKE_IMAGE = "tfod-test:fake-trainer"
-NUM_STEPS, CHECKPOINT_EVERY = 40, 10
+NUM_STEPS, CHECKPOINT_EVERY = 40, 20
 
 # Replaces `python -m tfod.train` in a test image: counts its starts in the run folder and
 # exits with the code in <run>/fake_exit (0: marks the run finished), so restarts are cheap.
