@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-all bench lint doctor clean
+.PHONY: venv demo test test-all bench lint doctor image clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ lint: venv
 
 doctor: venv
 	$(BIN)/tfod-doctor
+
+# The training image (docker/README.md): a debootstrap Debian base where none can be pulled,
+# BASE_IMAGE=... for a TensorFlow GPU base; not rebuilt when its context is unchanged.
+image:
+	bash docker/build_image.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,6 +1,8 @@
 """Launch commands (local and docker), GPU checks, --dry_run, and the local supervisor."""
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -48,7 +50,7 @@ def test_docker_gpu_trainer_command(tmp_path):
     assert options[:3] == ["docker", "run", "--detach"]
     assert option_values(options, "--name") == [container_name(spec, TRAIN)]
     assert option_values(options, "--gpus") == ['"device=0,1"']
-    assert option_values(options, "--restart") == ["on-failure:3"]
+    assert "--restart" not in options  # the launcher restarts, never after a NaN stop
     assert option_values(options, "--shm-size") == ["16g"]
     assert option_values(options, "--user") == [USER]
     env = option_values(options, "--env")
@@ -70,7 +72,7 @@ def test_docker_single_gpu_and_all_gpus(tmp_path):
                          "--gpus") == ["all"]
 
 
-def test_docker_cpu_trainer_hides_gpus_and_restart_policy_follows_max_restarts(tmp_path):
+def test_docker_cpu_trainer_hides_gpus(tmp_path):
     argv = docker_run_argv(make_spec(tmp_path, gpus="", max_restarts=0), TRAIN, USER)
     assert "--gpus" not in argv and "--restart" not in argv
     assert "CUDA_VISIBLE_DEVICES=-1" in option_values(argv, "--env")
@@ -307,13 +309,93 @@ def test_tensorboard_serves_the_run_on_localhost_while_training(tmp_path):
     assert any("TensorBoard" in line and f"127.0.0.1:{port}" in line for line in lines)
 
 
-def test_sigterm_to_the_launcher_stops_its_children(tmp_path):
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_to_the_launcher_stops_its_children(tmp_path, signum):
+    threading.Timer(1.0, os.kill, (os.getpid(), signum)).start()
     started = time.time()
     outcome, lines, run = supervised(tmp_path, "-120", max_restarts=0)
     assert outcome.exit_code == 130 and time.time() - started < 60
     assert read_status(run)["state"] == "stopped"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    assert signal.getsignal(signum) is signal.SIG_DFL  # put back
+
+
+# --------------------------------------------------------------- orphans and the run lock
+
+HOLD_LOCK = ("import sys, time; from tfod.runfolder import RunFolder; "
+             "from tfod.train.launch.common import RunLock; "
+             "lock = RunLock(RunFolder(sys.argv[1])); lock.acquire(); print('locked', flush=True); "
+             "time.sleep(600)")
+
+
+def is_gone(pid: int) -> bool:
+    """No such process, or a zombie nobody reaped yet (it runs no more)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_a_lock_held_by_a_live_launcher_refuses_and_a_dead_ones_is_taken_over(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run.root)], text=True,
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(common.RunLocked, match=rf"another launcher \(pid {holder.pid},"):
+            common.RunLock(run).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run.root / ".lock").read_text() == f"{holder.pid}\n"  # left behind by SIGKILL
+    with common.RunLock(run) as lock:
+        assert lock.took_over == holder.pid
+        assert (run.root / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_launcher_kills_its_children_and_a_second_launcher_is_refused(
+        converted_sample, tmp_path):
+    run_dir = tmp_path / "run"
+    flags = ["--model=ssd_mobilenet_v2", f"--data_dir={converted_sample}", "--image_size=128",
+             "--batch_size=2", "--num_steps=5000", "--checkpoint_every=1000", "--max_restarts=0",
+             f"--run_dir={run_dir}"]
+    output = tmp_path / "launcher.out"
+    with open(output, "w") as out:
+        launcher = subprocess.Popen([sys.executable, "-m", "tools.train", *flags], cwd=REPO,
+                                    stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)})
+    children = []
+    try:
+        started = wait_for(lambda: [pid for pid in re.findall(
+            r"\[(?:train|eval)\] started \(pid (\d+)\)", output.read_text())][:2] or None
+            if output.read_text().count(" started (pid ") >= 2 else None,
+            180, "the trainer and the evaluator")
+        children = [int(pid) for pid in started]
+        assert (run_dir / ".lock").read_text() == f"{launcher.pid}\n"
+        second = run_tool(*flags)
+        errors = [line for line in second.stderr.splitlines() if "tfod-train" in line]
+        assert second.returncode == 2 and len(errors) == 1, second.stdout + second.stderr
+        assert f"being trained by another launcher (pid {launcher.pid}," in errors[0]
+        assert not any(map(is_gone, children)), "the refused launcher touched the first's run"
+        launcher.kill()
+        launcher.wait()
+        wait_for(lambda: all(map(is_gone, children)), 10, "the children to die with the launcher")
+    finally:
+        launcher.kill()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------- run folder bits

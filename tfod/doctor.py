@@ -66,6 +66,30 @@ def _package_checks() -> list[Check]:
     return checks
 
 
+# What the trainer and the evaluator import beyond TensorFlow: a module that imports on the
+# host but not in a clean image (cv2 without libGL) shows here, not when a container starts.
+TRAINER_IMPORTS = (
+    ("object_detection", "object_detection.model_lib_v2"),
+    ("object_detection builders", "object_detection.builders.model_builder"),
+    ("object_detection eval", "object_detection.eval_util"),
+    ("opencv (cv2)", "cv2"),
+    ("pycocotools", "pycocotools.cocoeval"),
+    ("lvis", "lvis"),
+)
+
+
+def _import_check(label: str, module_name: str) -> Check:
+    """Import ``module_name``; its version (or its distribution's) when it imports."""
+    try:
+        importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - any failure here means the trainer cannot start
+        return Check(label, f"import failed: {error!r}", ok=False)
+    top = module_name.split(".")[0]
+    version = getattr(importlib.import_module(top), "__version__", None)
+    distribution = {"object_detection": "tf-object-detection-api"}.get(top, top)
+    return Check(label, f"{version or _distribution(distribution)} (imports)")
+
+
 def _stack_checks() -> list[Check]:
     """TensorFlow, the compatibility fixes and the OD API (which only import on a good stack)."""
     try:
@@ -83,14 +107,7 @@ def _stack_checks() -> list[Check]:
 
     for fix, active in compat.fixes_in_effect().items():
         checks.append(Check(f"fix: {fix}", "in effect" if active else "NOT in effect", active))
-    try:
-        from object_detection.builders import model_builder  # noqa: F401
-
-        checks.append(
-            Check("object_detection", f"{_distribution('tf-object-detection-api')} (imports)")
-        )
-    except Exception as error:  # noqa: BLE001 - any failure here means the OD API is unusable
-        checks.append(Check("object_detection", f"import failed: {error!r}", ok=False))
+    checks += [_import_check(label, module) for label, module in TRAINER_IMPORTS]
     gpus = tf.config.list_physical_devices("GPU")
     checks.append(
         Check("GPUs visible to TensorFlow", ", ".join(g.name for g in gpus) or "none (CPU only)")

@@ -2,10 +2,10 @@
 
 :func:`launch_run` is what ``tfod-train`` calls: it writes the run's ``pipeline.config`` (from a
 :class:`tfod.config.pipeline.ConfigRequest`: built from a model name, or copied from
-``--pipeline_config``), refuses a
-changed config on an existing run (which otherwise resumes), checks the GPUs, records
-``launch.json`` and starts the ``local`` or ``docker`` backend, or with ``dry_run`` prints the
-run-folder plan and the exact commands and starts nothing.
+``--pipeline_config``), refuses a changed config on an existing run (which otherwise resumes),
+checks the GPUs, locks the run folder (one launcher per run: a second one is refused with the
+holder's pid), records ``launch.json`` and starts the ``local`` or ``docker`` backend, or with
+``dry_run`` prints the run-folder plan and the exact commands and starts nothing.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from tfod.runfolder import RunFolder
 from tfod.train.launch.common import (
     LaunchError,
     LaunchSpec,
+    RunLock,
+    RunLocked,
     adopt_config,
     config_change,
     config_inputs,
@@ -34,7 +36,7 @@ if TYPE_CHECKING:  # the request is the config stage's; the launcher only calls 
 
 BACKENDS = ("local", "docker")
 
-__all__ = ["BACKENDS", "LaunchError", "LaunchSpec", "default_run_dir",
+__all__ = ["BACKENDS", "LaunchError", "LaunchSpec", "RunLocked", "default_run_dir",
            "launch_run", "make_launcher", "plan_lines"]
 
 
@@ -101,8 +103,11 @@ def launch_run(request: ConfigRequest, run_dir: str | Path | None = None, backen
             echo("\n".join(plan_lines(spec, launcher, backend, config_change(run, candidate))))
             return 0
         require_gpus(spec)
-        adopt_config(run, candidate)
-    run.create()
-    write_launch_record(spec, backend, launcher.commands(), flags or {},
-                        image=spec.image if backend == "docker" else None)
-    return launcher.launch().exit_code
+        with RunLock(run) as lock:
+            if lock.took_over:
+                echo(f"took over {lock.path} from launcher pid {lock.took_over}, which is gone")
+            adopt_config(run, candidate)
+            run.create()
+            write_launch_record(spec, backend, launcher.commands(), flags or {},
+                                image=spec.image if backend == "docker" else None)
+            return launcher.launch().exit_code

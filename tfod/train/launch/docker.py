@@ -3,10 +3,15 @@
 Every container runs the image built from ``docker/Dockerfile`` as the caller's ``uid:gid``,
 with the run folder mounted read-write and the data and fine-tune checkpoint folders mounted
 read-only, each at the same absolute path as on the host, so the pipeline.config's paths hold
-inside. The trainer gets ``--gpus`` and the restart policy ``on-failure:<max_restarts>`` (it
-resumes from its latest checkpoint); a CPU evaluator gets ``CUDA_VISIBLE_DEVICES=-1``;
+inside. The trainer gets ``--gpus``; a CPU evaluator gets ``CUDA_VISIBLE_DEVICES=-1``;
 TensorBoard publishes its port on 127.0.0.1 unless another address is asked. The launcher
 streams ``docker logs`` into ``logs/`` and reports exit codes, through the docker CLI.
+
+Restarts are the launcher's, not a Docker restart policy: a trainer container that exited with
+an error is started again (``docker start``: it resumes from its latest checkpoint) up to
+``max_restarts`` times, but never one that stopped on a NaN loss (exit code 3), as locally.
+When a launch fails after a container started (a later ``docker run`` refused, say a port in
+use), every container it started is removed before the error is reported.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from pathlib import Path
 from tfod.runfolder import LAUNCHED, STOPPED, read_json, read_status, write_status
 from tfod.train.launch.common import (
     EVAL,
+    NAN_EXIT_CODE,
     TENSORBOARD,
     TRAIN,
     LaunchError,
@@ -40,7 +46,7 @@ from tfod.train.launch.local import (
     exit_code,
     log_path,
     report,
-    sigterm_as_interrupt,
+    stop_signals_as_interrupt,
 )
 
 CONTAINER_ENV = {"HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib"}  # any uid, no home needed
@@ -82,8 +88,6 @@ def docker_run_argv(spec: LaunchSpec, role: str, user: str | None = None) -> lis
     user = user or f"{os.getuid()}:{os.getgid()}"
     argv = ["docker", "run", "--detach", "--name", container_name(spec, role),
             "--label", f"tfod.run={run.root}", "--label", f"tfod.role={role}", "--user", user]
-    if role == TRAIN and spec.max_restarts > 0:
-        argv += ["--restart", f"on-failure:{spec.max_restarts}"]
     if role == TRAIN and spec.num_workers > 1:
         argv += ["--network", "host"]  # workers reach each other at the TF_CONFIG addresses
     gpus = role_gpus(spec, role)
@@ -188,15 +192,10 @@ class DockerLauncher:
         self._remove_finished_containers()
         write_status(self.run, LAUNCHED, target=self.spec.num_steps)
         followers = {role: LogFollower(log_path(self.run, role)) for role in self.argv}
-        logs = {}
+        logs: dict[str, ContainerLogs] = {}
         try:
-            with sigterm_as_interrupt():
-                for role, argv in self.argv.items():
-                    container = _docker(*argv[1:]).stdout.strip()
-                    self.echo(f"[{role}] container {self.names[role]} ({container[:12]}), "
-                              f"log {log_path(self.run, role)}")
-                    logs[role] = ContainerLogs(self.names[role], log_path(self.run, role))
-                    logs[role].ensure_following()
+            with stop_signals_as_interrupt():
+                self._start_containers(logs)
                 return self._watch(logs, followers)
         except KeyboardInterrupt:
             self.echo("interrupted: stopping the containers (the latest checkpoint is kept)")
@@ -209,6 +208,25 @@ class DockerLauncher:
                 _docker("rm", "--force", self.names[TENSORBOARD], check=False)
             for follower in logs.values():
                 follower.stop()
+
+    def _start_containers(self, logs: dict[str, ContainerLogs]) -> None:
+        """``docker run`` every role; on any failure remove what was started, then raise."""
+        tried = []
+        try:
+            for role, argv in self.argv.items():
+                tried.append(self.names[role])  # a failed `run` can leave a created container
+                container = _docker(*argv[1:]).stdout.strip()
+                self.echo(f"[{role}] container {self.names[role]} ({container[:12]}), "
+                          f"log {log_path(self.run, role)}")
+                logs[role] = ContainerLogs(self.names[role], log_path(self.run, role))
+                logs[role].ensure_following()
+        except BaseException:
+            for follower in logs.values():
+                follower.stop()
+            if tried:
+                _docker("rm", "--force", *tried, check=False)
+            write_status(self.run, STOPPED, reason="launch failed")
+            raise
 
     def _remove_finished_containers(self) -> None:
         for role, name in self.names.items():
@@ -247,21 +265,43 @@ class DockerLauncher:
             done[role] = 1
             self._report(role, f"container {self.names[role]} disappeared", outcome)
             return
-        status, code, restarts = state
-        if role == TRAIN and restarts > outcome.restarts:
-            outcome.restarts = restarts
-            self.echo(f"[train] restarted by Docker ({restarts}/{self.spec.max_restarts})")
+        status, code, _ = state
         if status in ("running", "restarting"):
             if status == "running":
                 logs.ensure_following()
             return
-        if status in ("exited", "dead"):
+        if status not in ("exited", "dead"):
+            return  # created: not started yet
+        if code == 0 or role != TRAIN:
             done[role] = code
             if code != 0:
                 self._report(role, f"container {self.names[role]} exited with code {code}",
                              outcome)
-                if role == TRAIN:
-                    write_status(self.run, STOPPED, reason=f"trainer exit code {code}")
+            return
+        if self._restart_trainer(code, logs, outcome):
+            return
+        done[role] = code
+        write_status(self.run, STOPPED, reason=f"trainer exit code {code}")
+
+    def _restart_trainer(self, code: int, logs: ContainerLogs, outcome: Outcome) -> bool:
+        """Start a failed trainer container again (it resumes from its latest checkpoint);
+        never after a NaN loss; False when it stays down."""
+        name = self.names[TRAIN]
+        if code == NAN_EXIT_CODE:
+            self._report(TRAIN, "training stopped: the loss is not finite (NaN/Inf); "
+                         "not restarted", outcome)
+            return False
+        what = f"container {name} exited with code {code}"
+        if outcome.restarts >= self.spec.max_restarts:
+            self._report(TRAIN, f"{what}; no restart left (--max_restarts="
+                         f"{self.spec.max_restarts})", outcome)
+            return False
+        outcome.restarts += 1
+        self._report(TRAIN, f"{what}; restarting it ({outcome.restarts}/"
+                     f"{self.spec.max_restarts}), it resumes from its latest checkpoint", outcome)
+        _docker("start", name)
+        logs.ensure_following()
+        return True
 
     def _report(self, role: str, message: str, outcome: Outcome) -> None:
         report(self.run, role, message, outcome, self.echo)

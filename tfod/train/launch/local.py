@@ -1,6 +1,8 @@
 """Local backend: the trainer, the evaluator and TensorBoard as child processes of the launcher.
 
-Each child writes into ``logs/<role>.log`` (appended across restarts and reruns). The launcher
+Each child writes into ``logs/<role>.log`` (appended across restarts and reruns) and runs in its
+own session, with the Linux parent-death signal set: it dies with the launcher, even a launcher
+killed with SIGKILL; SIGTERM, SIGHUP and Ctrl-C stop the children first. The launcher
 watches them once a second: it echoes progress lines (with an ETA), restarts a crashed trainer
 up to ``max_restarts`` times (it resumes from its latest checkpoint), never restarts one that
 stopped on a NaN loss, and reports a dead process with the last lines of its log. When the
@@ -47,21 +49,44 @@ ECHOED = re.compile(r"^\[tfod |Traceback|Error|error:|TensorBoard \S+ at ")
 TAIL_LINES = 25
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Treat SIGTERM like Ctrl-C while launching, so a killed launcher stops its children."""
+def stop_signals_as_interrupt():
+    """Treat SIGTERM and SIGHUP (a closed terminal) like Ctrl-C while launching, so a launcher
+    told to stop stops its children first."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` for a child that must not outlive the launcher, even one killed with
+    SIGKILL (no handler runs then): Linux sends the child SIGKILL when its parent thread ends.
+    The child checks its parent once more in case the launcher died before the prctl call."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def log_path(run: RunFolder, role: str) -> Path:
@@ -91,6 +116,7 @@ class ManagedProcess:
             self.process = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **self.env}, start_new_session=True,
+                preexec_fn=die_with_parent(os.getpid()),
             )
 
     def poll(self) -> int | None:
@@ -101,15 +127,20 @@ class ManagedProcess:
         return None if self.process is None else self.process.pid
 
     def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        """SIGTERM to the child's process group (its own session), SIGKILL after ``grace``
+        seconds."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self.process.wait(grace)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self._signal_group(signal.SIGKILL)
             self.process.wait()
+
+    def _signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
 
 
 class LogFollower:
@@ -212,7 +243,7 @@ class LocalLauncher:
         write_status(self.run, LAUNCHED, target=self.spec.num_steps)
         followers = {role: LogFollower(p.log) for role, p in self.processes.items()}
         try:
-            with sigterm_as_interrupt():
+            with stop_signals_as_interrupt():
                 for process in self.processes.values():
                     process.start()
                     self.echo(f"[{process.role}] started (pid {process.pid}), log {process.log}")
