@@ -32,7 +32,7 @@ def test_demo_runs_every_stage_end_to_end(tmp_path):
     manifest = json.loads((plan.data_dir / "manifest.json").read_text())
     assert manifest["skipped"] == []
     run = plan.run_dir
-    assert json.loads((run / "best_checkpoint").read_text())["step"] in (2, 4, 6)
+    assert json.loads((run / "best_checkpoint.json").read_text())["step"] in (2, 4, 6)
     assert (run / "predictions" / "val.csv").is_file()
     on_disk = json.loads((run / "metrics" / "metrics.json").read_text())
     assert on_disk["score"] == metrics["score"] and on_disk["images_total"] == 8

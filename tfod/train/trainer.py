@@ -34,7 +34,7 @@ import tfod.compat  # noqa: F401  (before object_detection)
 from tfod.runfolder import FINISHED, RunFolder, latest_checkpoint, read_stop_request, write_status
 from tfod.train import hooks as train_hooks
 from tfod.train.hooks import NonFiniteLoss
-from tfod.train.odapi import LOSS_KEY, build_variables, read_configs, target_steps
+from tfod.train.odapi import LOSS_KEY, TrainError, build_variables, read_configs, target_steps
 
 NAN_MESSAGE = "tfod: the training loss is not finite"
 MAX_STEPS_PER_CALL = 100
@@ -251,6 +251,7 @@ def train(pipeline_config, run_dir, num_steps: int | None = None, checkpoint_eve
     run = RunFolder(run_dir).create()
     configs = read_configs(pipeline_config)
     target = target_steps(configs, num_steps)
+    _check_input_shards(configs["train_input_config"], num_workers)
     is_chief = strategy.extended.should_checkpoint
     latest = latest_checkpoint(run.root)
     if _nothing_to_train(run, latest, target):
@@ -269,6 +270,18 @@ def train(pipeline_config, run_dir, num_steps: int | None = None, checkpoint_eve
     else:
         log.info("training finished at step %d", step)
     return step
+
+
+def _check_input_shards(train_input_config, workers: int) -> None:
+    """Several workers share the training records by file (the OD API's input sharding): a
+    worker without a file would wait forever for data, so refuse that up front."""
+    import tensorflow as tf
+
+    patterns = list(train_input_config.tf_record_input_reader.input_path)
+    files = {name for pattern in patterns for name in tf.io.gfile.glob(pattern)}
+    if len(files) < workers:
+        raise TrainError(f"{workers} workers need at least {workers} training record files "
+                         f"(the OD API shards by file); {patterns} match {len(files)}")
 
 
 def _nothing_to_train(run: RunFolder, latest, target: int) -> bool:
