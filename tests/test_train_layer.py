@@ -82,7 +82,7 @@ def patches(source: str) -> list[str]:
 
 def test_the_patch_scan_finds_patches():
     assert patches("from object_detection import model_lib_v2\nmodel_lib_v2.LOG_EVERY = 1\n")
-    assert patches("from object_detection import eval_util as e\ne.EVAL_METRICS_CLASS_DICT['x'] = 1\n")
+    assert patches("from object_detection import eval_util as e\ne.METRICS['x'] = 1\n")
     assert patches("import tensorflow as tf\ntf.compat.v2.train.CheckpointManager = object\n")
     assert patches("import tensorflow as tf\nsetattr(tf.train, 'Checkpoint', None)\n")
     assert not patches("import tensorflow as tf\nmodel = tf.keras.Model()\nmodel.x = 1\n")

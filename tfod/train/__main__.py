@@ -61,7 +61,8 @@ def main(argv=None) -> int:
         evaluate(args.pipeline_config, run.root, args.num_steps, args.poll_seconds,
                  args.trainer_timeout)
         return 0
-    from tfod.train.trainer import NonFiniteLoss, train
+    from tfod.train.hooks import NonFiniteLoss
+    from tfod.train.trainer import train
 
     try:
         train(args.pipeline_config, run.root, args.num_steps, args.checkpoint_every,

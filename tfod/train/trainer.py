@@ -17,7 +17,8 @@ and what happens around the steps are :mod:`tfod.train.hooks`:
   ``cpu_replicas`` logical CPU devices, the same path on a machine without GPUs), and
   ``MultiWorkerMirroredStrategy`` with ``num_workers > 1`` and ``TF_CONFIG`` (only the chief
   keeps checkpoints, events and the status);
-* a non-finite loss stops it with :class:`NonFiniteLoss` (exit code 3) before anything is saved;
+* a non-finite loss stops it with :class:`tfod.train.hooks.NonFiniteLoss` (exit code 3)
+  before anything is saved;
 * a stop request in the run folder (:func:`tfod.runfolder.request_stop`) saves and ends it as
   ``finished`` with ``stopped_early``; a rerun then trains nothing more.
 """
@@ -33,17 +34,12 @@ import time
 import tfod.compat  # noqa: F401  (before object_detection)
 from tfod.runfolder import FINISHED, RunFolder, latest_checkpoint, read_stop_request, write_status
 from tfod.train import hooks as train_hooks
-from tfod.train.hooks import NonFiniteLoss
 from tfod.train.odapi import LOSS_KEY, TrainError, build_variables, read_configs, target_steps
 
 NAN_MESSAGE = "tfod: the training loss is not finite"
 MAX_STEPS_PER_CALL = 100
 
 log = logging.getLogger("tfod.train")
-
-__all__ = ["NAN_MESSAGE", "NonFiniteLoss", "Trainer", "choose_strategy", "finite_loss_step",
-           "steps_per_iteration", "train"]
-
 
 def finite_loss_step(train_step):
     """``train_step`` (``model_lib_v2.eager_train_step``) that fails on a NaN/Inf total loss.
