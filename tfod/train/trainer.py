@@ -41,6 +41,7 @@ MAX_STEPS_PER_CALL = 100
 
 log = logging.getLogger("tfod.train")
 
+
 def finite_loss_step(train_step):
     """``train_step`` (``model_lib_v2.eager_train_step``) that fails on a NaN/Inf total loss.
 
