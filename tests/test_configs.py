@@ -8,8 +8,10 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
+from tfod import cli
 from tfod.config import pipeline as configs
 from tfod.data import records
+from tfod.errors import BadInput
 
 # isort: split
 from object_detection.builders import model_builder
@@ -414,7 +416,7 @@ def make_config():
 def _run_tool(make_config, *args):
     argv = ["tfod-config", *args]
     flags.FLAGS(argv)
-    return make_config.main(argv[:1])
+    return cli.guarded(make_config.main)(argv[:1])
 
 
 def test_tool_writes_the_config(make_config, converted_sample, tmp_path, capsys):
@@ -444,3 +446,36 @@ def test_tool_lists_models(make_config, capsys):
     assert _run_tool(make_config, "--list_models") == 0
     out = capsys.readouterr().out
     assert all(name in out for name in configs.REGISTRY)
+
+
+def test_the_tool_writes_what_its_config_request_writes(make_config, converted_sample, tmp_path):
+    """tfod-config, tfod-train, the demo and the launcher share one request type."""
+    args = ["--model=ssd_mobilenet_v2", f"--data_dir={converted_sample}", "--fold=1",
+            "--image_size=128", "--num_steps=40", "--override=train_config.max_number_of_boxes=7"]
+    assert _run_tool(make_config, *args, f"--output={tmp_path / 'tool.config'}") == 0
+    request = make_config.CONFIG.request()
+    assert request == configs.ConfigRequest(
+        model="ssd_mobilenet_v2", data_dir=str(converted_sample), fold=1, image_size=128,
+        num_steps=40, overrides=("train_config.max_number_of_boxes=7",))
+    written = request.write(tmp_path / "request.config")
+    assert written.read_text() == (tmp_path / "tool.config").read_text()
+    copied = configs.ConfigRequest(pipeline_config=str(written)).write(tmp_path / "run")
+    assert copied == tmp_path / "run" / "pipeline.config"
+    assert copied.read_text() == written.read_text()
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"model": "ssd_mobilenet_v2", "data_dir": "d", "pipeline_config": "p.config"}, "either"),
+    ({}, "either"),
+    ({"model": "ssd_mobilenet_v2"}, "needs --data_dir"),
+])
+def test_a_config_request_refuses_what_it_cannot_build(fields, message):
+    with pytest.raises(configs.ConfigError, match=message) as error:
+        configs.ConfigRequest(**fields)
+    assert isinstance(error.value, BadInput)  # one line, exit 2 from any tool
+
+
+def test_a_missing_pipeline_config_is_bad_input(tmp_path):
+    request = configs.ConfigRequest(pipeline_config=str(tmp_path / "none.config"))
+    with pytest.raises(configs.ConfigError, match="does not exist"):
+        request.write(tmp_path / "out.config")

@@ -1,8 +1,10 @@
 """The Convert stage end to end: real DICOMs in, records read back with the OD API's decoder."""
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,8 @@ from object_detection.data_decoders.tf_example_decoder import TfExampleDecoder
 from object_detection.protos import input_reader_pb2
 
 from tfod.data import convert, dicom, records, splits
+from tfod.data.manifest import check_converted, file_sha256
+from tfod.errors import BadInput
 
 
 def read_back(output_dir, pattern="*.tfrecord", dct_method="INTEGER_ACCURATE",
@@ -69,7 +73,7 @@ def test_sample_pixels_equal_pydicom(sample_records, sample_dicoms):
     assert sorted(sample_records) == [p.stem for p in sample_dicoms]
     for path in sample_dicoms:
         image = sample_records[path.stem][1][Fields.image]
-        pixels = pydicom.dcmread(path).pixel_array
+        pixels = dicom.pixel_array(pydicom.dcmread(path))
         for channel in range(3):
             np.testing.assert_array_equal(image[..., channel], pixels)
 
@@ -77,7 +81,7 @@ def test_sample_pixels_equal_pydicom(sample_records, sample_dicoms):
 def test_sample_pixels_with_the_od_api_default_idct(converted_sample, sample_dicoms):
     default = read_back(converted_sample, "fold0-*.tfrecord", dct_method="")
     for patient_id, (_, decoded) in default.items():
-        pixels = pydicom.dcmread(SAMPLE_DICOMS / f"{patient_id}.dcm").pixel_array
+        pixels = dicom.pixel_array(pydicom.dcmread(SAMPLE_DICOMS / f"{patient_id}.dcm"))
         assert np.abs(decoded[Fields.image][..., 0].astype(int) - pixels).max() <= 8
 
 
@@ -115,7 +119,7 @@ def test_sample_manifest(converted_sample):
     assert manifest["counts"]["total"]["boxes"] == 10
     assert manifest["counts"]["total"]["positives"] == 5
     for entry in manifest["shards"]:
-        assert entry["sha256"] == records.file_sha256(converted_sample / entry["file"])
+        assert entry["sha256"] == file_sha256(converted_sample / entry["file"])
     assert sorted(e["file"] for e in manifest["shards"]) == sorted(
         p.name for p in converted_sample.glob("*.tfrecord"))
     missing = [s for s in manifest["skipped"] if "no DICOM" in s["reason"]]
@@ -297,10 +301,10 @@ def _build_bad_inputs(root, official_labels):
     write_without_pixel_data(source(NEG_NO_PIXELS), dicom_dir / f"{NEG_NO_PIXELS}.dcm")
     write_retagged(source(NEG_MONOCHROME1), dicom_dir / f"{NEG_MONOCHROME1}.dcm",
                    PhotometricInterpretation="MONOCHROME1")
-    pixels = pydicom.dcmread(source(POS_16BIT)).pixel_array
+    pixels = dicom.pixel_array(pydicom.dcmread(source(POS_16BIT)))
     write_uncompressed(source(POS_16BIT), dicom_dir / f"{POS_16BIT}.dcm",
                        pixels.astype(np.uint16) * 16, bits_stored=12, window=(2040, 4080))
-    small = pydicom.dcmread(source(POS_RESIZED)).pixel_array[::2, ::2].copy()
+    small = dicom.pixel_array(pydicom.dcmread(source(POS_RESIZED)))[::2, ::2].copy()
     write_uncompressed(source(POS_RESIZED), dicom_dir / f"{POS_RESIZED}.dcm", small)
     write_not_dicom(dicom_dir / "not-a-dicom.dcm")
     shutil.copy(source(NEG_DUPLICATED), dicom_dir / "unlabelled.dcm")
@@ -371,9 +375,9 @@ def test_bad_inputs_records(bad_inputs, official_labels):
     found = read_back(output_dir)
     assert set(found) == {p.stem for p in SAMPLE_DICOMS.glob("*.dcm")} - {
         NEG_TRUNCATED, NEG_NO_PIXELS, POS_ALL_OUTSIDE}
-    pixels = pydicom.dcmread(SAMPLE_DICOMS / f"{POS_16BIT}.dcm").pixel_array
+    pixels = dicom.pixel_array(pydicom.dcmread(SAMPLE_DICOMS / f"{POS_16BIT}.dcm"))
     np.testing.assert_array_equal(found[POS_16BIT][1][Fields.image][..., 0], pixels)
-    mono = pydicom.dcmread(SAMPLE_DICOMS / f"{NEG_MONOCHROME1}.dcm").pixel_array
+    mono = dicom.pixel_array(pydicom.dcmread(SAMPLE_DICOMS / f"{NEG_MONOCHROME1}.dcm"))
     np.testing.assert_array_equal(found[NEG_MONOCHROME1][1][Fields.image][..., 0], 255 - mono)
     boxes = {p: d[Fields.groundtruth_boxes] for p, (_, d) in found.items()}
     np.testing.assert_allclose(boxes[POS_16BIT], csv_boxes_yxyx(official_labels, POS_16BIT))
@@ -457,3 +461,170 @@ def test_patient_without_class_row_is_converted_with_a_note(tmp_path, sample_dic
     assert [(n["patientId"], n["reason"][:12]) for n in manifest["notes"]] == [
         (kept, "no class row")]
     assert manifest["counts"]["total"]["images"] == 16
+
+
+def _sample_labels(tmp_path, patient_ids) -> Path:
+    table = pd.read_csv(LABELS_CSV)
+    path = tmp_path / "labels.csv"
+    table[table.patientId.isin(patient_ids)].to_csv(path, index=False)
+    return path
+
+
+def test_two_files_for_one_patient_are_a_listed_skip(tmp_path, sample_dicoms):
+    dicom_dir = tmp_path / "dicoms"
+    dicom_dir.mkdir()
+    for path in sample_dicoms:
+        shutil.copy(path, dicom_dir / path.name)
+    twin = sample_dicoms[1].stem
+    shutil.copy(sample_dicoms[2], dicom_dir / f"{twin}.DCM")
+    labels_csv = _sample_labels(tmp_path, [p.stem for p in sample_dicoms])
+    manifest = convert.convert(dicom_dir, tmp_path / "out", labels_csv, num_folds=2, workers=1,
+                               progress=False)
+    skipped = [e for e in manifest["skipped"] if e["patientId"] == twin]
+    assert sorted(e["source"] for e in skipped) == sorted(
+        [str(dicom_dir / f"{twin}.dcm"), str(dicom_dir / f"{twin}.DCM"), str(labels_csv)])
+    assert "2 files for one patientId" in skipped[0]["reason"]
+    assert twin not in read_back(tmp_path / "out")
+    with pytest.raises(convert.StrictModeError, match="2 files for one patientId"):
+        convert.convert(dicom_dir, tmp_path / "strict", labels_csv, num_folds=2, workers=1,
+                        strict=True, progress=False)
+
+
+def test_damaged_frames_are_skipped_in_the_workers(tmp_path, sample_dicoms):
+    from test_dicom import damaged_frames, write_frame
+
+    dicom_dir = tmp_path / "dicoms"
+    dicom_dir.mkdir()
+    for path in sample_dicoms[:4]:
+        shutil.copy(path, dicom_dir / path.name)
+    frames = damaged_frames(sample_dicoms[0])
+    write_frame(sample_dicoms[0], dicom_dir / sample_dicoms[0].name, frames["corrupted"])
+    write_frame(sample_dicoms[1], dicom_dir / sample_dicoms[1].name, frames["cut short"])
+    manifest = convert.convert(dicom_dir, tmp_path / "out", workers=2, progress=False)
+    reasons = {e["patientId"]: e["reason"] for e in manifest["skipped"]}
+    assert set(reasons) == {sample_dicoms[0].stem, sample_dicoms[1].stem}
+    assert all("Corrupt JPEG data" in reason for reason in reasons.values())
+    unverified = convert.convert(dicom_dir, tmp_path / "unverified", workers=1,
+                                 verify_frames=False, progress=False)
+    assert unverified["counts"]["total"]["images"] == 4
+
+
+def test_unfinished_or_mixed_folders_are_refused_and_reruns_replace_them(tmp_path,
+                                                                          sample_dicoms):
+    labels_csv = _sample_labels(tmp_path, [p.stem for p in sample_dicoms])
+    out = tmp_path / "out"
+    convert.convert(SAMPLE_DICOMS, out, labels_csv, num_folds=3, workers=1, progress=False)
+    assert len(check_converted(out, verify=True)["shards"]) == 3
+    (out / "fold1-00000-of-00001.tfrecord").write_bytes(b"x")  # changed: size differs
+    with pytest.raises(BadInput, match="fold1-00000-of-00001.tfrecord: 1 bytes"):
+        check_converted(out)
+    # a killed rerun with 2 folds: its staging folder, shards of both runs, no manifest
+    (out / "manifest.json").unlink()
+    (out / ".converting").mkdir()
+    shutil.copy(out / "fold0-00000-of-00001.tfrecord", out / ".converting")
+    with pytest.raises(BadInput, match="manifest.json: missing: the conversion did not finish"):
+        check_converted(out)
+    (out / "user-notes.txt").write_text("kept")
+    convert.convert(SAMPLE_DICOMS, out, labels_csv, num_folds=2, workers=1, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fold0-00000-of-00001.tfrecord", "fold1-00000-of-00001.tfrecord", "folds.csv",
+        "label_map.pbtxt", "manifest.json", "user-notes.txt"]
+    check_converted(out, verify=True)
+    (out / "fold2-00000-of-00001.tfrecord").write_bytes(b"")  # left by someone else
+    with pytest.raises(BadInput, match="fold2-00000-of-00001.tfrecord: not listed"):
+        check_converted(out)
+    convert.convert(SAMPLE_DICOMS, out, workers=1, progress=False)  # a test set in its place
+    assert sorted(p.name for p in out.glob("*.*")) == [
+        "label_map.pbtxt", "manifest.json", "test-00000-of-00001.tfrecord", "user-notes.txt"]
+
+
+def test_empty_fold_is_a_warning_and_strict_error(tmp_path, sample_dicoms):
+    dicom_dir = tmp_path / "dicoms"
+    dicom_dir.mkdir()
+    for path in sample_dicoms[:3]:
+        write_truncated(path, dicom_dir / path.name, keep=1.0)
+    write_truncated(sample_dicoms[0], dicom_dir / sample_dicoms[0].name)
+    labels_csv = _sample_labels(tmp_path, [p.stem for p in sample_dicoms[:3]])
+    manifest = convert.convert(dicom_dir, tmp_path / "out", labels_csv, num_folds=3, workers=1,
+                               progress=False)
+    empty = [n["reason"] for n in manifest["notes"] if "has no image" in n["reason"]]
+    assert len(empty) == 1 and empty[0].startswith("fold")
+    with pytest.raises(convert.StrictModeError, match="has no image"):
+        convert.convert(dicom_dir, tmp_path / "strict", labels_csv, num_folds=3, workers=1,
+                        strict=True, progress=False)
+
+
+def _non_square_dicom(source_path, target_path):
+    """A 600 wide x 400 high DICOM cut from a real one (uncompressed, written by pydicom)."""
+    dataset = pydicom.dcmread(source_path)
+    pixels = dicom.pixel_array(dataset)[200:600, 100:700].copy()
+    dataset.set_pixel_data(pixels, "MONOCHROME2", 8, generate_instance_uid=False)
+    dataset.save_as(target_path)
+    return pixels
+
+
+@pytest.mark.parametrize("max_size", [0, 300])
+def test_non_square_image_keeps_its_boxes_through_the_records(tmp_path, sample_dicoms,
+                                                             max_size):
+    dicom_dir = tmp_path / "dicoms"
+    dicom_dir.mkdir()
+    patient_id = sample_dicoms[0].stem
+    _non_square_dicom(sample_dicoms[0], dicom_dir / f"{patient_id}.dcm")
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("patientId,x,y,width,height,Target\n"
+                          f"{patient_id},420,50,150,300,1\n{patient_id},30,280,100,60,1\n")
+    convert.convert(dicom_dir, tmp_path / "out", labels_csv, num_folds=1, workers=1,
+                    max_size=max_size, image_format="png", progress=False)
+    record = records.decode_example(records.read_records(str(tmp_path / "out" / "*.tfrecord"))[0])
+    size = (record["original_height"], record["original_width"])
+    assert size == (400, 600)
+    assert (record["height"], record["width"]) == ((400, 600) if not max_size else (200, 300))
+    assert tf.io.decode_image(record["encoded"]).shape[:2] == (record["height"], record["width"])
+    ymin, xmin, ymax, xmax = record["boxes"].T.astype(np.float64)
+    xywh = np.stack([xmin * 600, ymin * 400, (xmax - xmin) * 600, (ymax - ymin) * 400], -1)
+    np.testing.assert_allclose(xywh, [[420, 50, 150, 300], [30, 280, 100, 60]], atol=1e-3)
+
+
+def _bad_input_cases(tmp_path) -> dict[str, tuple[list[str], str]]:
+    """name -> (tool flags, what the one stderr line must say)."""
+    good = LABELS_CSV.read_text().splitlines()[:40]
+    files = {
+        "missing_column": "patientId,x,y,width,Target\nabc,,,,0\n",
+        "empty": "",
+        "spaces": " patientId , x , y , width , height , Target \n" + "\n".join(good[1:]),
+        "tabs": "\n".join(line.replace(",", "\t") for line in good),
+        "header_only": good[0] + "\n",
+        "trailing_comma": good[0] + ",\n",
+    }
+    for name, text in files.items():
+        (tmp_path / f"{name}.csv").write_text(text)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    labels = {name: [f"--labels_csv={tmp_path / name}.csv"] for name in files}
+    return {
+        "missing_column": (labels["missing_column"], "missing column(s) height"),
+        "empty": (labels["empty"], "row 1: empty file"),
+        "tabs": (labels["tabs"], "is not comma-separated"),
+        "header_only": (labels["header_only"], "only its header"),
+        "trailing_comma": (labels["trailing_comma"], "only its header"),
+        "unwritable_output": ([f"--output_dir={blocker}/out"], "cannot write the output folder"),
+        "missing_input": ([f"--dicom_dir={tmp_path}/absent"], "no such folder (--dicom_dir)"),
+        "too_many_folds": ([f"--labels_csv={LABELS_CSV}", "--num_folds=17"],
+                           "--num_folds=17 is more than the 16 patient(s)"),
+    }
+
+
+def test_tool_bad_inputs_print_one_line_and_exit_2(tmp_path):
+    spaces = tmp_path / "spaces.csv"
+    for name, (flags, message) in _bad_input_cases(tmp_path).items():
+        command = [sys.executable, "-m", "tools.convert_rsna", f"--dicom_dir={SAMPLE_DICOMS}",
+                   f"--output_dir={tmp_path / name}", "--noprogress", "--workers=1", *flags]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        lines = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert done.returncode == 2, (name, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr and len(lines) == 1, (name, done.stderr[-2000:])
+        assert message in lines[0], (name, lines[0])
+    labels = convert.load_labels(spaces)  # spaces around the header names are accepted
+    assert len(labels.patients) == len({line.split(",")[0] for line in
+                                        LABELS_CSV.read_text().splitlines()[1:40]})

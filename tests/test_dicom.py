@@ -6,12 +6,14 @@ import hashlib
 import io
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pydicom
 import pytest
 from conftest import EDGE_CASES
 from PIL import Image
-from pydicom.encaps import generate_frames
+from pydicom import uid
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian
 
 from tfod.data import dicom
@@ -24,6 +26,47 @@ def write_truncated(source: Path, target: Path, keep: float = 0.5) -> Path:
     data = source.read_bytes()
     target.write_bytes(data[: int(len(data) * keep)])
     return target
+
+
+def write_bytes(source: Path, target: Path, count: int) -> Path:
+    target.write_bytes(source.read_bytes()[:count])
+    return target
+
+
+def write_frame(source: Path, target: Path, frame: bytes) -> Path:
+    """Copy ``source`` with its JPEG frame replaced by ``frame``."""
+    dataset = pydicom.dcmread(source)
+    dataset.PixelData = encapsulate([frame])
+    dataset.save_as(target)
+    return target
+
+
+def damaged_frames(source: Path) -> dict[str, bytes]:
+    """The real frame of ``source`` damaged two ways: bytes in the middle overwritten, and cut
+    in half with an end-of-image marker appended (each decodes, with a libjpeg warning only)."""
+    frame = next(generate_frames(pydicom.dcmread(source).PixelData, number_of_frames=1))
+    middle = bytearray(frame)
+    middle[len(frame) // 3:len(frame) // 3 + 500] = bytes(500)
+    return {"corrupted": bytes(middle), "cut short": frame[:len(frame) // 2] + b"\xff\xd9"}
+
+
+def write_compressed(source: Path, target: Path, syntax: str) -> tuple[Path, np.ndarray]:
+    """``source``'s pixels x 16 (12 bits stored, window 2040/4080) in ``syntax``; the file and
+    the 12-bit pixels a correct decoder gives back."""
+    dataset = pydicom.dcmread(source)
+    deep = (dicom.pixel_array(dataset).astype(np.uint16) * 16)[:256, :320].copy()
+    dataset.set_pixel_data(deep, "MONOCHROME2", 12, generate_instance_uid=False)
+    dataset.WindowCenter, dataset.WindowWidth = 2040, 4080
+    if syntax in (uid.RLELossless, uid.JPEG2000Lossless):
+        dataset.compress(syntax, generate_instance_uid=False)
+    else:
+        encoded = (imagecodecs.jpegls_encode(deep) if syntax == uid.JPEGLSLossless else
+                   imagecodecs.jpeg8_encode(deep, level=95, bitspersample=12))
+        dataset.PixelData = encapsulate([encoded])
+        dataset.file_meta.TransferSyntaxUID = syntax
+        deep = imagecodecs.imread(encoded) if syntax != uid.JPEGLSLossless else deep
+    dataset.save_as(target, enforce_file_format=True)
+    return target, deep
 
 
 def write_not_dicom(target: Path) -> Path:
@@ -50,7 +93,7 @@ def write_uncompressed(source: Path, target: Path, pixels: np.ndarray | None = N
                        window: tuple[float, float] | None = None) -> Path:
     """Re-encode ``source`` as Explicit VR Little Endian with ``pixels`` (default: its own)."""
     dataset = pydicom.dcmread(source)
-    pixels = dataset.pixel_array if pixels is None else pixels
+    pixels = dicom.pixel_array(dataset) if pixels is None else pixels
     dataset.set_pixel_data(pixels, photometric, bits_stored, generate_instance_uid=False)
     if window:
         dataset.WindowCenter, dataset.WindowWidth = window
@@ -75,7 +118,7 @@ def test_load_image_8bit_equals_pixel_array(sample_dicoms):
     for path in sample_dicoms[:4]:
         image = dicom.load_image_8bit(path)
         assert image.dtype == np.uint8 and image.shape == (1024, 1024)
-        np.testing.assert_array_equal(image, pydicom.dcmread(path).pixel_array)
+        np.testing.assert_array_equal(image, dicom.pixel_array(pydicom.dcmread(path)))
 
 
 def test_monochrome1_is_inverted():
@@ -110,7 +153,7 @@ def test_passthrough_copies_the_jpeg_frame(sample_dicoms):
 def test_reencoded_formats(sample_dicoms, image_format):
     path = sample_dicoms[1]
     prepared = dicom.prepare_image(path, image_format)
-    pixels = pydicom.dcmread(path).pixel_array
+    pixels = dicom.pixel_array(pydicom.dcmread(path))
     assert prepared.image_format == image_format and not prepared.passthrough
     error = np.abs(decode(prepared.encoded).astype(int) - pixels)
     assert error.max() == 0 if image_format == "png" else error.mean() < 2
@@ -122,30 +165,35 @@ def test_uncompressed_8bit_decodes_to_png(sample_dicoms, tmp_path):
     prepared = dicom.prepare_image(path, "passthrough")
     assert prepared.image_format == "png" and not prepared.passthrough
     np.testing.assert_array_equal(decode(prepared.encoded),
-                                  pydicom.dcmread(sample_dicoms[2]).pixel_array)
+                                  dicom.pixel_array(pydicom.dcmread(sample_dicoms[2])))
 
 
 def test_16bit_uses_its_window(sample_dicoms, tmp_path):
-    pixels = pydicom.dcmread(sample_dicoms[3]).pixel_array
+    pixels = dicom.pixel_array(pydicom.dcmread(sample_dicoms[3]))
     deep = pixels.astype(np.uint16) * 16  # 12 bits stored
     path = write_uncompressed(sample_dicoms[3], tmp_path / "deep.dcm", deep, bits_stored=12,
                               window=(2040, 4080))
     np.testing.assert_array_equal(dicom.load_image_8bit(path), pixels)
 
 
-def test_16bit_without_window_uses_full_range(sample_dicoms, tmp_path):
-    pixels = pydicom.dcmread(sample_dicoms[3]).pixel_array
+def test_16bit_without_window_uses_a_robust_window_and_says_so(sample_dicoms, tmp_path):
+    pixels = dicom.pixel_array(pydicom.dcmread(sample_dicoms[3]))
     deep = pixels.astype(np.uint16) * 200 + 1000
+    deep[:2, :3] = 65535  # a few extreme outliers (e.g. a burned-in marker)
+    deep[-1, :3] = 0
     path = write_uncompressed(sample_dicoms[3], tmp_path / "deep.dcm", deep, bits_stored=16)
     image = dicom.load_image_8bit(path)
-    low, high = float(deep.min()), float(deep.max())
-    expected = np.rint((deep - low) / (high - low) * 255).astype(np.uint8)
+    low, high = np.percentile(deep.astype(np.float64), dicom.ROBUST_PERCENTILES)
+    expected = np.clip(np.rint((deep - low) / (high - low) * 255), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(image, expected)
-    assert image.min() == 0 and image.max() == 255
+    # min..max scaling would squeeze the image into about 1/20 of the grey levels
+    assert np.percentile(image, 99) - np.percentile(image, 1) > 150
+    notes = dicom.prepare_image(path).notes
+    assert any("no window in the header" in note for note in notes), notes
 
 
 def test_16bit_monochrome1_is_windowed_then_inverted(sample_dicoms, tmp_path):
-    pixels = pydicom.dcmread(sample_dicoms[3]).pixel_array
+    pixels = dicom.pixel_array(pydicom.dcmread(sample_dicoms[3]))
     path = write_uncompressed(sample_dicoms[3], tmp_path / "deep.dcm",
                               pixels.astype(np.uint16) * 16, bits_stored=12,
                               photometric="MONOCHROME1", window=(2040, 4080))
@@ -160,7 +208,7 @@ def test_max_size_resizes(sample_dicoms):
 
 
 def test_non_square_resize_keeps_aspect(sample_dicoms, tmp_path):
-    pixels = pydicom.dcmread(sample_dicoms[0]).pixel_array[:, :512]
+    pixels = dicom.pixel_array(pydicom.dcmread(sample_dicoms[0]))[:, :512]
     path = write_uncompressed(sample_dicoms[0], tmp_path / "tall.dcm", np.ascontiguousarray(pixels))
     prepared = dicom.prepare_image(path, "png", max_size=512)
     assert (prepared.width, prepared.height) == (256, 512)
@@ -170,6 +218,7 @@ def test_non_square_resize_keeps_aspect(sample_dicoms, tmp_path):
 @pytest.mark.parametrize("damage, reason", [
     (lambda src, dst: write_truncated(src, dst), "truncated"),
     (lambda src, dst: write_truncated(src, dst, keep=0.001), "not a readable DICOM"),
+    (lambda src, dst: write_bytes(src, dst, 300), "truncated"),
     (lambda src, dst: write_not_dicom(dst), "not a readable DICOM"),
     (write_without_pixel_data, "no pixel data"),
     (write_without_rows, "missing or bad Rows/Columns"),
@@ -192,3 +241,35 @@ def test_jpeg_frame_whose_size_disagrees_with_header(sample_dicoms, tmp_path):
                                          ("abc", None)])
 def test_parse_age(text, years):
     assert dicom.parse_age(text) == years
+
+
+@pytest.mark.parametrize("damage", ["corrupted", "cut short"])
+def test_damaged_jpeg_frame_is_refused_unless_unverified(sample_dicoms, tmp_path, damage):
+    frame = damaged_frames(sample_dicoms[0])[damage]
+    path = write_frame(sample_dicoms[0], tmp_path / "damaged.dcm", frame)
+    with pytest.raises(dicom.DicomError, match="damaged JPEG frame .*Corrupt JPEG data"):
+        dicom.prepare_image(path)
+    unverified = dicom.prepare_image(path, verify_frames=False)
+    assert unverified.passthrough and unverified.encoded[:len(frame)] == frame
+
+
+# JPEG-LS and 12-bit JPEG Extended decode through pylibjpeg-libjpeg, JPEG 2000 through
+# pylibjpeg-openjpeg, RLE through pydicom itself (see docs/convert.md).
+@pytest.mark.parametrize("syntax", [uid.JPEGLSLossless, uid.JPEGExtended12Bit,
+                                    uid.JPEG2000Lossless, uid.RLELossless])
+def test_transfer_syntaxes_decode(sample_dicoms, tmp_path, syntax):
+    path, deep = write_compressed(sample_dicoms[3], tmp_path / "compressed.dcm", syntax)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
+    prepared = dicom.prepare_image(path)
+    assert not prepared.passthrough and prepared.image_format == "png"
+    expected = np.clip(np.rint(deep / 4080 * 255), 0, 255)
+    image = decode(prepared.encoded).astype(np.float64)
+    assert image.shape == deep.shape
+    assert np.abs(image - expected).max() <= (0 if "Lossless" in syntax.name else 2)
+
+
+def test_header_patient_id_that_differs_from_the_file_name_is_noted(sample_dicoms, tmp_path):
+    same = write_retagged(sample_dicoms[0], tmp_path / f"{sample_dicoms[0].stem}.dcm")
+    assert dicom.prepare_image(same).notes == ()
+    other = write_retagged(sample_dicoms[0], tmp_path / "renamed.dcm")
+    assert "PatientID differs from the file name" in " ".join(dicom.prepare_image(other).notes)

@@ -7,6 +7,8 @@ import pytest
 from conftest import CLASS_INFO_CSV, LABELS_CSV, RSNA
 
 from tfod.data import labels as L
+from tfod.errors import BadInput
+from tfod.labelrows import BadRow, read_label_rows
 
 HEADERS_CSV = RSNA / "stage_2_train_dicom_headers.csv.gz"
 POSITIVE = "00436515-870c-4b36-a041-de91049b9ab4"  # lines 6, 7 of the official labels
@@ -99,9 +101,9 @@ def test_every_bad_row_is_reported_with_its_line(tmp_path):
 def test_missing_column_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("patientId,x,y,width,Target\nabc,,,,0\n")
-    with pytest.raises(L.LabelsError, match=r"labels\.csv.*height"):
+    with pytest.raises(BadInput, match=r"labels\.csv.*height"):
         L.read_labels(path)
-    with pytest.raises(L.LabelsError, match="not found"):
+    with pytest.raises(BadInput, match="not found"):
         L.read_labels(tmp_path / "absent.csv")
 
 
@@ -135,3 +137,26 @@ def test_issue_text_names_file_and_lines():
     assert str(issue) == "labels.csv:6,7 [abc]: bad box"
     assert issue.as_dict() == {"source": "labels.csv", "rows": [6, 7], "patientId": "abc",
                                "reason": "bad box"}
+
+
+def test_one_row_parser_two_policies(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("patientId,x,y,width,height,Target\n"
+                    + "\n".join(_official_lines(POSITIVE)) + "\np-zero,100,100,40,0,1\n")
+    rows, bad = read_label_rows(path, strict=False)
+    assert [row.line for row in rows] == [2, 3]
+    assert bad == [BadRow(4, "p-zero", "box height must be positive, got 0")]
+    with pytest.raises(BadInput, match=r"labels\.csv, row 4: box height must be positive"):
+        read_label_rows(path, strict=True)
+    assert L.read_labels(path).issues[0].reason == bad[0].reason  # the same rule in convert
+
+
+def test_trailing_commas_and_spaced_header_read_like_the_plain_file(tmp_path):
+    plain = tmp_path / "plain.csv"
+    lines = LABELS_CSV.read_text().splitlines()[:30]
+    plain.write_text("\n".join(lines) + "\n")
+    messy = tmp_path / "messy.csv"
+    messy.write_text(" , ".join(lines[0].split(",")) + ",\n"
+                     + "\n".join(line + "," for line in lines[1:]) + "\n")
+    assert read_label_rows(messy, strict=True) == read_label_rows(plain, strict=True)
+    assert read_label_rows(plain, strict=True)[0][0].box is None

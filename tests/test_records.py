@@ -55,6 +55,18 @@ def test_encoding_is_deterministic_and_decodes_back(sample_dicoms):
     assert (back["height"], back["width"], back["source_id"]) == (1024, 1024, image.source_id)
     np.testing.assert_array_equal(back["boxes"], boxes.astype(np.float32))
     assert back["class_text"] == ["opacity"] and back["class_label"] == [1]
+    assert (back["original_height"], back["original_width"]) == (1024, 1024)  # not resized
+
+
+def test_original_size_is_the_pre_resize_size_height_first(sample_dicoms):
+    prepared = prepare_image(sample_dicoms[0], "png", max_size=256)
+    image = records.RecordImage(prepared.encoded, "png", prepared.height, prepared.width,
+                                prepared.patient_id, prepared.sha256, 768, 1024)
+    back = records.decode_example(records.encode_example(image))
+    assert (back["height"], back["width"]) == (256, 256)
+    assert (back["original_height"], back["original_width"]) == (768, 1024)
+    features = tf.train.Example.FromString(records.encode_example(image)).features.feature
+    assert features[records.ORIGINAL_HEIGHT_KEY].int64_list.value == [768]
 
 
 def _png_mask_decoder() -> TfExampleDecoder:

@@ -12,8 +12,9 @@ from PIL import Image
 from tfod import detections as det
 from tfod.boxes import scale_xywh
 from tfod.detections import BoxTable, ImageBoxes
+from tfod.errors import BadInput
 from tfod.scoring import metric as score
-from tfod.scoring import report
+from tfod.scoring import report, stage
 
 METRIC_KEYS = {"score", "threshold", "box_scale", "images", "tp", "fp", "fn", "curve"}
 
@@ -65,18 +66,22 @@ def _valid_png(path):
 
 def test_evaluate_writes_metrics_plots_and_gallery(tmp_path, sample):
     labels, predictions = sample
-    metrics = score.evaluate(labels, predictions, tmp_path, dicom_dir=SAMPLE_DICOMS)
+    metrics = stage.score_detections(labels, predictions, tmp_path, dicom_dir=SAMPLE_DICOMS)
     assert METRIC_KEYS <= set(metrics)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert len(metrics["curve"]) == len(score.MIN_SCORES)
     assert metrics["threshold"] == 0.21  # drops the 0.2 false positive, not the 0.95 one
     assert metrics["images_total"] == 16 and metrics["images"] == 6  # 5 positives + 1 FP
     assert metrics["fp"] == 1 and metrics["fn"] == 1 and metrics["tp"] == 9
-    assert metrics["box_scale"] == 0.88  # the largest scale that undoes 1.3 (IoU > 0.75)
+    assert metrics["box_scale"] == 1.0  # the score is the detections' as given
     assert metrics["score"] == pytest.approx(score.competition_score(
-        labels, predictions, metrics["threshold"], metrics["box_scale"]))
-    assert metrics["box_errors"]["width_ratio"]["median"] == pytest.approx(
-        1.3 * 0.88)
+        labels, predictions, metrics["threshold"]))
+    fitted = metrics["fitted"]
+    assert fitted["box_scale"] == 0.88  # the largest scale that undoes 1.3 (IoU > 0.75)
+    assert fitted["score"] == pytest.approx(score.competition_score(
+        labels, predictions, fitted["threshold"], fitted["box_scale"]))
+    assert fitted["score"] > metrics["score"]
+    assert metrics["box_errors"]["width_ratio"]["median"] == pytest.approx(1.3)  # as given
     for name in ("threshold_curve.png", "box_scale_curve.png", "box_errors.png"):
         _valid_png(tmp_path / name)
 
@@ -99,7 +104,7 @@ def test_evaluate_writes_metrics_plots_and_gallery(tmp_path, sample):
 
 def test_given_threshold_and_scale_are_used(tmp_path, sample):
     labels, predictions = sample
-    metrics = score.evaluate(labels, predictions, tmp_path, threshold=0.1, box_scale=1.0)
+    metrics = stage.score_detections(labels, predictions, tmp_path, threshold=0.1, box_scale=1.0)
     assert metrics["threshold"] == 0.1 and metrics["box_scale"] == 1.0
     assert metrics["fp"] == 2 and "gallery" not in metrics
     assert metrics["score"] == pytest.approx(score.competition_score(labels, predictions, 0.1))
@@ -154,3 +159,163 @@ def test_tool_names_the_bad_row(tmp_path):
     )
     assert result.returncode != 0
     assert f"{bad}, row 2: score 1.5 is outside [0, 1]" in result.stderr
+
+
+# --- the stage's reliability: files in, one line per bad input, nothing stale -------------------
+
+
+def _evaluate(*args):
+    return subprocess.run([sys.executable, "-m", "tools.evaluate", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, check=False)
+
+
+def test_a_truncated_dicom_is_listed_the_rest_drawn_and_stale_outputs_cleared(
+        tmp_path, sample, sample_dicoms):
+    labels, predictions = sample
+    dicoms = tmp_path / "dicoms"
+    dicoms.mkdir()
+    for path in sample_dicoms:
+        (dicoms / path.name).write_bytes(path.read_bytes())
+    broken = sample_dicoms[0]
+    (dicoms / broken.name).write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    out = tmp_path / "out"
+    (out / "gallery").mkdir(parents=True)
+    (out / "gallery" / "stale-image.jpg").write_bytes(b"from an earlier run")
+    (out / "metrics.json").write_text('{"score": 0.99}')
+    (out / "notes.txt").write_text("not the stage's: kept")
+    detections = det.write_detections(predictions, tmp_path / "val.csv")
+
+    result = _evaluate(f"--detections={detections}", f"--labels_csv={LABELS_CSV}",
+                       f"--output_dir={out}", f"--dicom_dir={dicoms}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["score"] != 0.99 and list(metrics["not_drawn"]) == [broken.stem]
+    assert "truncated" in metrics["not_drawn"][broken.stem]
+    assert f"not drawn: {broken.stem}: " in result.stdout
+    assert metrics["gallery"]["images"] == 15
+    assert sorted(p.stem for p in (out / "gallery").glob("*.jpg")) == sorted(
+        p.stem for p in sample_dicoms[1:])
+    assert (out / "notes.txt").exists() and (out / "threshold_curve.png").exists()
+
+
+def test_a_kaggle_submission_scores_as_its_detections(tmp_path, sample):
+    labels, predictions = sample
+    as_csv = stage.score_files(det.write_detections(predictions, tmp_path / "val.csv"),
+                               LABELS_CSV, tmp_path / "a", threshold=0.3)
+    as_submission = stage.score_files(det.write_submission(predictions, tmp_path / "sub.csv"),
+                                      LABELS_CSV, tmp_path / "b", threshold=0.3)
+    assert as_submission["score"] == as_csv["score"] and as_submission["images_total"] == 16
+    assert as_submission["fitted"] == as_csv["fitted"]
+
+
+def test_labelled_images_left_out_are_counted_and_images_picks_them(tmp_path, sample):
+    labels, predictions = sample
+    ids = list(labels)
+    detections = det.write_detections({i: predictions[i] for i in ids[:10]}, tmp_path / "d.csv")
+    alone = stage.score_files(detections, LABELS_CSV, tmp_path / "a")
+    assert alone["images_total"] == 10
+    left_out = alone["labelled_images_not_scored"]
+    assert left_out == len(det.read_labels(LABELS_CSV)) - 10
+    assert f"{left_out} labelled image(s) have no row" in stage.format_table(alone)
+
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    listed = stage.score_files(detections, LABELS_CSV, tmp_path / "b", threshold=0.5,
+                               images=tmp_path / "ids.txt")
+    assert listed["images_total"] == 16 and listed["images_without_detections"] == 6
+    with_empty = {i: predictions[i] if i in ids[:10] else ImageBoxes.empty() for i in ids}
+    assert listed["score"] == pytest.approx(score.competition_score(
+        labels.subset(ids), with_empty, 0.5))
+    assert "6 image(s) of --images have no row" in stage.format_table(listed)
+
+    _write_folds(tmp_path / "folds.csv", ids[:4])  # any CSV with a patientId column
+    four = stage.score_files(detections, LABELS_CSV, tmp_path / "c", images=tmp_path / "folds.csv")
+    assert four["images_total"] == 4 and four["detections_outside_images"] == 6
+
+
+def test_a_header_only_file_is_refused_alone_and_scored_loudly_with_images(tmp_path, sample):
+    labels, _ = sample
+    empty = tmp_path / "empty.csv"
+    empty.write_text(",".join(det.DETECTIONS_HEADER) + "\n")
+    with pytest.raises(BadInput, match="no detection row: nothing to score"):
+        stage.score_files(empty, LABELS_CSV, tmp_path / "a")
+    (tmp_path / "ids.txt").write_text("\n".join(labels) + "\n")
+    metrics = stage.score_files(empty, LABELS_CSV, tmp_path / "b", images=tmp_path / "ids.txt")
+    assert metrics["score"] == 0.0 and metrics["images_without_detections"] == 16
+    assert "WARNING" in stage.format_table(metrics)
+
+
+def test_the_table_labels_the_score_as_given_and_the_fitted_one(tmp_path, sample):
+    labels, predictions = sample
+    table = stage.format_table(stage.score_detections(labels, predictions, tmp_path))
+    assert "score (detections as given)" in table and "score with fitted box scale" in table
+    assert "fitted box scale @ threshold  0.88 @" in table
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"box_scale": 0}, "--box_scale must be a positive number"),
+    ({"threshold": 1.5}, "--threshold must be in"),
+    ({"dicom_dir": "/no/such/folder"}, "no such folder"),
+])
+def test_bad_options_are_refused_before_reading(tmp_path, options, message):
+    with pytest.raises(BadInput, match=message):
+        stage.score_files(tmp_path / "none.csv", LABELS_CSV, tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
+
+
+GOOD_ID = "0004cfab-14fd-4e49-80ba-63a80b6bddd6"
+
+
+@pytest.mark.parametrize("text, row, reason", [
+    ("patientId,x,y,width,height,score\n" + GOOD_ID + ",1,2,3,4,x\n", 2, "is not a number"),
+    ("patientId\tx\ty\twidth\theight\tscore\n", 1, "is not patientId,x,y,width,height,score"),
+    ("patientId,x,y,width,height,score,\n", 1, "is not patientId,x,y,width,height,score"),
+    ("", 1, "empty file"),
+    ("patientId,PredictionString\n" + GOOD_ID + ",0.5 1 2 3\n", 2, "groups of 5"),
+    ("patientId,x,y,width,height,score\nnot-a-patient,1,2,3,4,0.5\n", None, "not in the labels"),
+])
+def test_every_detections_error_is_one_line_exit_2(tmp_path, text, row, reason):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    result = _evaluate(f"--detections={bad}", f"--labels_csv={LABELS_CSV}",
+                       f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    where = f"{bad}, row {row}: " if row else f"{bad}: "
+    assert ": error: " + where in lines[0] and reason in lines[0]
+
+
+def test_unusable_files_and_folders_are_bad_input(tmp_path, sample):
+    labels, predictions = sample
+    detections = det.write_detections(predictions, tmp_path / "val.csv")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(BadInput, match="cannot write the output folder"):
+        stage.score_files(detections, LABELS_CSV, a_file / "out")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(BadInput, match="not a text CSV file"):
+        stage.score_files(binary, LABELS_CSV, tmp_path / "out")
+    with pytest.raises(BadInput, match="not both"):
+        stage.score_files(detections, LABELS_CSV, tmp_path / "out", folds_csv=a_file, fold=0,
+                          images=a_file)
+    with pytest.raises(BadInput, match="no such file"):
+        stage.score_files(detections, tmp_path / "labels.csv", tmp_path / "out")
+    two_columns = tmp_path / "ids.csv"
+    two_columns.write_text("id,fold\nx,0\n")
+    with pytest.raises(BadInput, match=f"{two_columns}, row 1: neither one patientId per line"):
+        stage.score_files(detections, LABELS_CSV, tmp_path / "out", images=two_columns)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "row 1: empty file"),
+    ("patientId,x,y,width,height\n", "row 1: "),
+    ("patientId,x,y,width,height,Target\n", "no label row"),
+    ("patientId,x,y,width,height,Target\n" + GOOD_ID + ",1,2,3,4,0\n", "row 2: "),
+])
+def test_a_bad_labels_file_is_named(tmp_path, sample, text, reason):
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text(text)
+    detections = det.write_detections(sample[1], tmp_path / "val.csv")
+    with pytest.raises(BadInput, match=f"{labels_csv}, {reason}|{labels_csv}: {reason}"):
+        stage.score_files(detections, labels_csv, tmp_path / "out")

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from tfod import detections as det
 from tfod.boxes import scale_xywh
 from tfod.detections import BoxTable, ImageBoxes
+from tfod.scoring import analysis
 from tfod.scoring import metric as score
 
 BOX = [100, 100, 200, 300]
@@ -288,7 +289,7 @@ def test_error_analysis_measures_ratios_and_offsets(labels):
     some = labels.subset(labels.ids[:3000])
     moved = some.boxes * [1, 1, 1.1, 0.95] + [5, -3, 0, 0]
     matching = score.match(some, BoxTable(some.ids, some.image, moved, some.scores))
-    errors = score.error_analysis(matching, min_score=0.5)
+    errors = analysis.error_analysis(matching, min_score=0.5)
     assert errors["pairs"] == det.count_boxes(some)
     assert errors["width_ratio"]["median"] == pytest.approx(1.1)
     assert errors["height_ratio"]["median"] == pytest.approx(0.95)

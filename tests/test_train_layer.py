@@ -100,7 +100,7 @@ def test_no_tfod_module_patches_od_api_or_tensorflow():
 # ------------------------------------------------------------- boxes in the original frame
 
 # Two non-square records. "wide" holds a 300 x 200 (width x height) image whose original was
-# 600 x 400; "tall" a 200 x 300 image recorded without an original size (passthrough).
+# 600 x 400; "tall" a 200 x 300 image of a record without the original-size keys.
 # Each has one off-centre box, given here in its original's pixels (x, y, w, h).
 CASES = {
     "wide": {"record": (300, 200), "original": (600, 400), "box": (360.0, 80.0, 120.0, 200.0)},
@@ -118,10 +118,12 @@ def _example(source_id: str, record_size, original_size, box_xywh) -> bytes:
     x, y, w, h = box_xywh
     box = [y / frame[1], x / frame[0], (y + h) / frame[1], (x + w) / frame[0]]
     example = tf.train.Example.FromString(records.encode_example(image, [box]))
+    feature = example.features.feature
+    for key in (records.ORIGINAL_WIDTH_KEY, records.ORIGINAL_HEIGHT_KEY):
+        del feature[key]  # written by the converter; absent in older records
     if original_size:
-        feature = example.features.feature
-        feature["image/original_width"].int64_list.value[:] = [original_size[0]]
-        feature["image/original_height"].int64_list.value[:] = [original_size[1]]
+        feature[records.ORIGINAL_WIDTH_KEY].int64_list.value[:] = [original_size[0]]
+        feature[records.ORIGINAL_HEIGHT_KEY].int64_list.value[:] = [original_size[1]]
     return example.SerializeToString()
 
 

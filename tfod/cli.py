@@ -3,31 +3,45 @@
 Each tool is ``def main(argv) -> int`` plus ``run = cli.runner(main)``. :func:`runner`:
 
 * makes ``--help`` list the tool's own flags (a console script's main module is the setuptools
-  wrapper, so absl would list none) and adds ``--debug``;
-* turns :class:`tfod.errors.BadInput` (and ``absl`` usage errors) into one line
-  ``tfod-<tool>: error: <file>, row <row>: <reason>`` and exit 2, any other exception into one
-  line and exit 1, with the traceback only under ``--debug``.
+  wrapper, so absl would list none; under ``python -m tools.x`` absl files them under the
+  script's path, which is also the main module) and exit 0, and adds ``--debug``;
+* turns a flag absl cannot parse or validate, :class:`tfod.errors.BadInput` and ``absl`` usage
+  errors into one line ``tfod-<tool>: error: <file>, row <row>: <reason>`` and exit 2, any
+  other exception into one line and exit 1, with the traceback only under ``--debug``.
 
 Flag groups used by several tools are defined here once, as functions a tool calls at import
-(absl flags are global, so each group is defined only in the processes that ask for it).
+(absl flags are global, so each group is defined only in the processes that ask for it):
+:func:`define_config_flags` (tfod-config, tfod-train).
 """
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from absl import app, flags
 
-from tfod.errors import BAD_INPUT, FAILED, BadInput
+from tfod.errors import BAD_INPUT, FAILED, BadInput, RunFailed
 
 FLAGS = flags.FLAGS
 _DEBUG = flags.DEFINE_bool("debug", False, "On an error, show the Python traceback.")
 
 
 def tool_name() -> str:
-    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "tfod"
+    """The console script's name, also under ``python -m tools.<module>`` (as the demo runs
+    the tools) when tfod is installed; else the script's file name."""
+    if not (sys.argv and sys.argv[0]):
+        return "tfod"
+    script = Path(sys.argv[0])
+    if script.suffix == ".py" and script.parent.name == "tools":
+        wanted = f"tools.{script.stem}:run"
+        for entry in importlib.metadata.entry_points(group="console_scripts"):
+            if entry.value == wanted:
+                return entry.name
+    return script.name
 
 
 def fail(message: str, code: int) -> int:
@@ -49,6 +63,10 @@ def guarded(main: Callable[[list[str]], int | None]) -> Callable[[list[str]], in
             return fail(str(error), BAD_INPUT)
         except KeyboardInterrupt:
             return fail("interrupted", FAILED)
+        except RunFailed as error:  # its message says what failed and where the logs are
+            if _DEBUG.value:
+                traceback.print_exc()
+            return fail(str(error), FAILED)
         except Exception as error:  # noqa: BLE001  (one line, traceback under --debug)
             if _DEBUG.value:
                 traceback.print_exc()
@@ -65,12 +83,28 @@ def show_tool_flags_in_help(tool_module: str) -> None:
             FLAGS.register_key_flag_for_module(main_module, flag)
 
 
+_HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with tfod's convention: a bad flag is one line and exit 2; help
+    (which absl ends with exit 1) exits 0."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(fail(str(error), BAD_INPUT))
+    except SystemExit as stop:
+        if any(arg.split("=")[0] in _HELP_FLAGS for arg in argv[1:]):
+            sys.exit(0)
+        raise stop
+
+
 def runner(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
     """The console script's entry point for a tool whose ``main`` is given."""
 
     def run() -> None:
         show_tool_flags_in_help(main.__module__)
-        app.run(guarded(main))
+        app.run(guarded(main), flags_parser=parse_flags)
 
     return run
 
@@ -80,3 +114,66 @@ def require(*holders: flags.FlagHolder) -> None:
     for holder in holders:
         if holder.value is None:
             raise app.UsageError(f"--{holder.name} is required")
+
+
+@dataclass(frozen=True)
+class ConfigFlags:
+    """The config flag group of :func:`define_config_flags`; :meth:`request` reads it."""
+
+    holders: dict[str, flags.FlagHolder]
+
+    def __getattr__(self, name: str):
+        try:
+            return self.holders[name].value
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def values(self) -> dict:
+        """Every flag of the group and its value (for a launch record)."""
+        return {name: holder.value for name, holder in self.holders.items()}
+
+    def request(self):
+        """The :class:`tfod.config.pipeline.ConfigRequest` the flags ask for."""
+        from tfod.config.pipeline import ConfigRequest  # TensorFlow: only when a tool builds
+
+        if "pipeline_config" not in self.holders:
+            require(self.holders["model"], self.holders["data_dir"])
+        elif self.pipeline_config and not self.model:  # resume a run's config as it was
+            return ConfigRequest(pipeline_config=self.pipeline_config, num_steps=self.num_steps)
+        return ConfigRequest(  # checks that --model and --pipeline_config are not both given
+            model=self.model, data_dir=self.data_dir, fold=self.fold,
+            image_size=self.image_size, batch_size=self.batch_size, num_steps=self.num_steps,
+            learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
+            overrides=tuple(self.override), pipeline_config=self.values().get("pipeline_config"))
+
+
+def define_config_flags(models: Sequence[str], pipeline_config: bool = False) -> ConfigFlags:
+    """Define the flags of a config request (``--model --data_dir --fold --image_size
+    --batch_size --num_steps --learning_rate --fine_tune_checkpoint --override
+    --list_models``, and ``--pipeline_config`` when asked) once, for every tool that builds one.
+    """
+    holders = {
+        "model": flags.DEFINE_enum("model", None, list(models), "Model to configure."),
+        "data_dir": flags.DEFINE_string("data_dir", None, "A converted folder "
+                                        "(label_map.pbtxt, fold*-*.tfrecord)."),
+        "fold": flags.DEFINE_integer("fold", 0, "Evaluate on this fold and train on the others; "
+                                     "-1 trains on all folds.", lower_bound=-1),
+        "image_size": flags.DEFINE_integer("image_size", None, "Square input size in pixels."),
+        "batch_size": flags.DEFINE_integer("batch_size", None, "Batch size; the learning rate "
+                                           "scales with it unless --learning_rate is given."),
+        "num_steps": flags.DEFINE_integer("num_steps", None, "Training steps; warm-up and "
+                                          "schedule boundaries scale with them."),
+        "learning_rate": flags.DEFINE_float("learning_rate", None, "Peak learning rate."),
+        "fine_tune_checkpoint": flags.DEFINE_string(
+            "fine_tune_checkpoint", None, "TF2 zoo checkpoint prefix or folder; its type "
+            "(detection/classification) is detected."),
+        "override": flags.DEFINE_multi_string(
+            "override", [], "key=value of any pipeline proto field (repeatable), e.g. "
+            "train_config.optimizer.momentum_optimizer.momentum_optimizer_value=0.8"),
+        "list_models": flags.DEFINE_bool("list_models", False,
+                                         "Print the models and their defaults."),
+    }
+    if pipeline_config:
+        holders["pipeline_config"] = flags.DEFINE_string(
+            "pipeline_config", None, "An existing pipeline.config to use (instead of --model).")
+    return ConfigFlags(holders)

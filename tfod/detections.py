@@ -29,18 +29,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tfod.errors import BadInput
+
 DETECTIONS_HEADER = ["patientId", "x", "y", "width", "height", "score"]
 LABELS_HEADER = ["patientId", "x", "y", "width", "height", "Target"]
 SUBMISSION_HEADER = ["patientId", "PredictionString"]
 
 
-class FormatError(ValueError):
+class FormatError(BadInput):
     """A detections, labels, submission or folds file that breaks its format."""
 
     def __init__(self, path, row: int | None, message: str):
-        where = f"{path}" if row is None else f"{path}, row {row}"
-        super().__init__(f"{where}: {message}")
-        self.path, self.row = str(path), row
+        super().__init__(message, path, row)
+        self.path = str(path)
 
 
 @dataclass(frozen=True, eq=False)

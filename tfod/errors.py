@@ -15,7 +15,7 @@ class BadInput(ValueError):
     """A file, row or flag the user gave that tfod cannot use.
 
     ``str()`` is the one line a tool prints: ``<file>, row <row>: <reason>`` (file and row when
-    known; rows count from 1 at the first data line, as a spreadsheet shows them less the header).
+    known; a row is the file's own line number, the header being line 1, as an editor shows it).
     """
 
     def __init__(self, reason: str, file=None, row: int | None = None):

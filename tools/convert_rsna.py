@@ -5,26 +5,28 @@ Training set:
         --class_info_csv=stage_2_detailed_class_info.csv --output_dir=tfrecords/rsna
 Test set (no labels):
     tfod-convert --dicom_dir=stage_2_test_images --output_dir=tfrecords/rsna_test
+
+Exit status: 0 done, 1 --strict found a skipped or changed input, 2 bad input or flag.
 """
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
+from tfod import cli
 from tfod.data import convert
 from tfod.data.dicom import DEFAULT_JPEG_QUALITY, IMAGE_FORMATS
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dicom_dir", None, "Folder of <patientId>.dcm files.", required=True)
+flags.DEFINE_string("dicom_dir", None, "Folder of <patientId>.dcm files.")
 flags.DEFINE_string("labels_csv", None, "stage_2_train_labels.csv; omit for a test set.")
 flags.DEFINE_string("class_info_csv", None,
                     "stage_2_detailed_class_info.csv: stratify folds by the 3-way class.")
 flags.DEFINE_string("headers_csv", None,
                     "stage_2_train_dicom_headers.csv(.gz): view position for folds.csv when a "
                     "DICOM lacks it.")
-flags.DEFINE_string("output_dir", None, "Where records, folds.csv and manifest.json go.",
-                    required=True)
+flags.DEFINE_string("output_dir", None, "Where records, folds.csv and manifest.json go.")
 flags.DEFINE_integer("num_folds", 5, "Patient-level folds (training set).", lower_bound=1)
 flags.DEFINE_integer("seed", 42, "Seed of the fold split.")
 flags.DEFINE_integer("images_per_shard", convert.DEFAULT_IMAGES_PER_SHARD,
@@ -36,6 +38,8 @@ flags.DEFINE_integer("max_size", 0, "0 keeps the size; else resize so the longer
                      "many pixels.", lower_bound=0)
 flags.DEFINE_integer("jpeg_quality", DEFAULT_JPEG_QUALITY, "Quality for --image_format=jpeg.",
                      lower_bound=1, upper_bound=100)
+flags.DEFINE_bool("verify_frames", True, "Decode each passed-through JPEG frame once and skip "
+                  "damaged ones (libjpeg warnings count as damage).")
 flags.DEFINE_integer("workers", None, "Worker processes (default: all cores).", lower_bound=1)
 flags.DEFINE_bool("box_masks", False, "Also write a box-shaped PNG instance mask per box "
                   "(image/object/mask) for Mask R-CNN.")
@@ -44,26 +48,20 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        manifest = convert.convert(
-            FLAGS.dicom_dir, FLAGS.output_dir, FLAGS.labels_csv, FLAGS.class_info_csv,
-            FLAGS.headers_csv, num_folds=FLAGS.num_folds, seed=FLAGS.seed,
-            images_per_shard=FLAGS.images_per_shard, image_format=FLAGS.image_format,
-            max_size=FLAGS.max_size, workers=FLAGS.workers, jpeg_quality=FLAGS.jpeg_quality,
-            box_masks=FLAGS.box_masks, strict=FLAGS.strict, progress=FLAGS.progress)
-    except convert.StrictModeError as error:
-        logging.error("%s", error)
-        return 1
+    cli.require(FLAGS["dicom_dir"], FLAGS["output_dir"])
+    manifest = convert.convert(
+        FLAGS.dicom_dir, FLAGS.output_dir, FLAGS.labels_csv, FLAGS.class_info_csv,
+        FLAGS.headers_csv, num_folds=FLAGS.num_folds, seed=FLAGS.seed,
+        images_per_shard=FLAGS.images_per_shard, image_format=FLAGS.image_format,
+        max_size=FLAGS.max_size, workers=FLAGS.workers, jpeg_quality=FLAGS.jpeg_quality,
+        verify_frames=FLAGS.verify_frames, box_masks=FLAGS.box_masks, strict=FLAGS.strict,
+        progress=FLAGS.progress)
     print(convert.format_summary(manifest))
     print(f"records in {FLAGS.output_dir}", file=sys.stderr)
     return 0
 
 
-def run() -> None:
-    app.run(main)
-
+run = cli.runner(main)
 
 if __name__ == "__main__":
     run()

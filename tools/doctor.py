@@ -6,18 +6,18 @@ tfod-doctor --quiet    # print only problems (used by `make venv`)
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from tfod import doctor
+from tfod import cli, doctor
 
-FLAGS = flags.DEFINE_bool("quiet", False, "Print only the checks that fail.")
+_QUIET = flags.DEFINE_bool("quiet", False, "Print only the checks that fail.")
 
 
 def main(argv):
-    del argv
+    del argv  # checked by cli.runner
     checks = doctor.run_checks()
     failed = [c for c in checks if not c.ok]
-    shown = failed if FLAGS.value else checks
+    shown = failed if _QUIET.value else checks
     if shown:
         print(doctor.format_report(shown))
     if failed:
@@ -29,9 +29,7 @@ def main(argv):
     return 0
 
 
-def run():
-    app.run(main)
-
+run = cli.runner(main)
 
 if __name__ == "__main__":
     run()

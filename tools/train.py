@@ -7,22 +7,20 @@ tfod-train --model ssd_mobilenet_v2 --data_dir tfrecords/rsna --backend docker -
     --image tfod:gpu --dry_run                                         # print the docker run lines
 
 The config flags (--model --data_dir --fold --image_size --batch_size --num_steps
---learning_rate --fine_tune_checkpoint --override) are tfod-config's. Rerunning a command on an
-existing run folder resumes from its latest checkpoint. See docs/train.md.
+--learning_rate --fine_tune_checkpoint --override, and --pipeline_config) are the group of
+:func:`tfod.cli.define_config_flags`, as tfod-config's. Rerunning a command on an existing run
+folder resumes from its latest checkpoint. See docs/train.md.
 """
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from tfod import cli
 from tfod.config import pipeline as configs
 from tfod.train import launch
-from tools import make_config  # defines the config flags (--model ... --override)
 
-FLAGS = flags.FLAGS
-
-_PIPELINE_CONFIG = flags.DEFINE_string(
-    "pipeline_config", None, "An existing pipeline.config to train (instead of --model).")
+CONFIG = cli.define_config_flags(configs.REGISTRY, pipeline_config=True)
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run folder (default runs/<model>-fold<k>).")
 _BACKEND = flags.DEFINE_enum("backend", "local", list(launch.BACKENDS), "Where to run.")
 _GPUS = flags.DEFINE_string("gpus", "", "Trainer GPUs: 'all', '0', '0,1'; empty for CPU. "
@@ -51,47 +49,30 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the run-folder plan and th
                              "commands; start nothing.")
 
 
-def config_request() -> launch.ConfigRequest:
-    if FLAGS.output:
-        raise app.UsageError("tfod-train writes <run_dir>/pipeline.config: drop --output")
-    if _PIPELINE_CONFIG.value:
-        return launch.ConfigRequest(pipeline_config=_PIPELINE_CONFIG.value,
-                                    num_steps=FLAGS.num_steps)
-    return launch.ConfigRequest(**make_config.config_kwargs())
-
-
 def flag_values() -> dict:
-    """This tool's flags and tfod-config's, for launch.json."""
-    modules = (sys.modules[__name__], make_config)
-    return {flag.name: flag.value for module in modules
-            for flag in flags.FLAGS.get_flags_for_module(module)}
+    """This tool's flags and the config group's, for launch.json."""
+    own = flags.FLAGS.get_flags_for_module(sys.modules[__name__])
+    return {**CONFIG.values(), **{flag.name: flag.value for flag in own}}
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.list_models:
+    del argv  # checked by cli.runner
+    if CONFIG.list_models:
         print(configs.format_model_table())
         return 0
-    try:
-        return launch.launch_run(
-            config_request(), run_dir=_RUN_DIR.value, backend=_BACKEND.value,
-            dry_run=_DRY_RUN.value, flags=flag_values(),
-            gpus=_GPUS.value, eval_device=_EVAL_DEVICE.value, image=_IMAGE.value,
-            tensorboard_port=_TENSORBOARD_PORT.value, tensorboard_host=_TENSORBOARD_HOST.value,
-            max_restarts=_MAX_RESTARTS.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-            max_to_keep=_MAX_TO_KEEP.value, log_every=_LOG_EVERY.value,
-            num_workers=_NUM_WORKERS.value, shm_size=_SHM_SIZE.value,
-            trainer_timeout=_TRAINER_TIMEOUT.value,
-        )
-    except (launch.LaunchError, configs.ConfigError) as error:
-        print(f"tfod-train: error: {error}", file=sys.stderr)
-        return 2
+    return launch.launch_run(
+        CONFIG.request(), run_dir=_RUN_DIR.value, backend=_BACKEND.value,
+        dry_run=_DRY_RUN.value, flags=flag_values(),
+        gpus=_GPUS.value, eval_device=_EVAL_DEVICE.value, image=_IMAGE.value,
+        tensorboard_port=_TENSORBOARD_PORT.value, tensorboard_host=_TENSORBOARD_HOST.value,
+        max_restarts=_MAX_RESTARTS.value, checkpoint_every=_CHECKPOINT_EVERY.value,
+        max_to_keep=_MAX_TO_KEEP.value, log_every=_LOG_EVERY.value,
+        num_workers=_NUM_WORKERS.value, shm_size=_SHM_SIZE.value,
+        trainer_timeout=_TRAINER_TIMEOUT.value,
+    )
 
 
-def run():
-    app.run(main)
-
+run = cli.runner(main)
 
 if __name__ == "__main__":
     run()

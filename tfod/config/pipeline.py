@@ -11,10 +11,12 @@ themselves, so each number lives in one place.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import tensorflow as tf
@@ -29,12 +31,15 @@ from object_detection.protos import train_pb2
 from object_detection.utils import config_util, label_map_util
 
 from tfod.data import records
+from tfod.data.manifest import MANIFEST_NAME, check_converted, split_images
+from tfod.errors import BadInput
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "pipeline_configs"
 PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
+IMAGE_SIZE_RANGE = (32, 4096)  # pixels: outside it a typo, not a model
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A config cannot be built as asked (bad flag, override, data folder or checkpoint)."""
 
 
@@ -634,7 +639,7 @@ def build_configs(
 
     train_config = configs["train_config"]
     if image_size is not None:
-        set_image_size(configs["model"], _positive("image_size", image_size))
+        set_image_size(configs["model"], _image_size(image_size))
     if batch_size is not None:
         base_batch = train_config.batch_size
         train_config.batch_size = _positive("batch_size", batch_size)
@@ -653,9 +658,32 @@ def build_configs(
 
 
 def _positive(name: str, value):
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive finite number, got {value}")
     return value
+
+
+def _image_size(size: int) -> int:
+    low, high = IMAGE_SIZE_RANGE
+    if not low <= size <= high:
+        raise ConfigError(f"image_size must be between {low} and {high} pixels, got {size}")
+    return size
+
+
+def check_data_for_fold(data_dir: str | os.PathLike, fold: int, verify: bool = False) -> None:
+    """Refuse an unfinished or changed converted folder (see
+    :func:`tfod.data.manifest.check_converted`) and an empty training or evaluation set."""
+    try:
+        images = split_images(check_converted(data_dir, verify))
+    except BadInput as error:  # as a ConfigError, which the config tools report
+        raise ConfigError(error.reason, error.file, error.row) from error
+    folds = {int(split[4:]): count for split, count in images.items() if split.startswith("fold")}
+    evaluated = list(folds) if fold == -1 else [fold]
+    trained = [k for k in folds if fold == -1 or k != fold]
+    for role, members in (("training", trained), ("evaluation", evaluated)):
+        if members and not sum(folds.get(k, 0) for k in members):
+            raise ConfigError(f"the {role} set of --fold={fold} has no image (folds "
+                              f"{sorted(members)} are empty in {MANIFEST_NAME})", data_dir)
 
 
 def write_config(configs: Mapping, output: str | os.PathLike) -> Path:
@@ -676,8 +704,10 @@ def write_config(configs: Mapping, output: str | os.PathLike) -> Path:
 
 
 def build_config(model: str, data_dir: str | os.PathLike, fold: int,
-                 output: str | os.PathLike, **options) -> Path:
-    """:func:`build_configs` (``options`` are its keyword arguments), written to ``output``."""
+                 output: str | os.PathLike, verify: bool = False, **options) -> Path:
+    """:func:`build_configs` (``options`` are its keyword arguments), written to ``output``,
+    after :func:`check_data_for_fold` (``verify``: also compare the shards' sha256)."""
+    check_data_for_fold(data_dir, fold, verify)
     return write_config(build_configs(model, data_dir, fold, **options), output)
 
 
@@ -704,3 +734,50 @@ def describe_config(path: str | os.PathLike) -> str:
             for reader in configs["eval_input_configs"]),
     ]
     return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class ConfigRequest:
+    """Where a run's config comes from: a model of the registry and a fold of a converted folder
+    (built by :func:`build_config`), or an existing ``pipeline_config`` (copied as it is).
+
+    The one description of a config request: ``tfod-config`` and ``tfod-train`` fill it from
+    the flag group :func:`tfod.cli.define_config_flags`, the demo and the launcher take it.
+    """
+
+    model: str | None = None
+    data_dir: str | None = None
+    fold: int = 0
+    image_size: int | None = None
+    batch_size: int | None = None
+    num_steps: int | None = None
+    learning_rate: float | None = None
+    fine_tune_checkpoint: str | None = None
+    overrides: Sequence[str] = dataclasses.field(default_factory=tuple)
+    pipeline_config: str | None = None
+
+    def __post_init__(self):
+        if bool(self.model) == bool(self.pipeline_config):
+            raise ConfigError("give either --model (with --data_dir and --fold) or "
+                              "--pipeline_config")
+        if self.model and not self.data_dir:
+            raise ConfigError("--model needs --data_dir (a converted folder)")
+
+    def write(self, output: str | os.PathLike) -> Path:
+        """Write the asked-for config to ``output`` (a ``.config`` file, or a folder)."""
+        if self.pipeline_config:
+            source = Path(self.pipeline_config)
+            if not source.is_file():
+                raise ConfigError(f"--pipeline_config {source} does not exist")
+            output = Path(output)
+            if output.suffix != ".config":
+                output = output / "pipeline.config"
+            output.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, output)
+            return output
+        return build_config(
+            self.model, self.data_dir, self.fold, output, image_size=self.image_size,
+            batch_size=self.batch_size, num_steps=self.num_steps,
+            learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
+            overrides=tuple(self.overrides),
+        )

@@ -10,9 +10,16 @@ happened in ``manifest.json``. Output folder::
     folds.csv                              patientId,fold,target,class,view_position
     manifest.json                          flags, counts, skipped inputs, shard sha256
 
-Bad inputs never stop the run: each becomes a ``skipped`` (dropped) or ``notes`` (kept but
-changed, e.g. a clipped box) entry naming its file and CSV line; ``strict=True`` turns any of
-them into :class:`StrictModeError`.
+Everything is written into ``<output>/.converting/`` and moved into place at the end, the old
+manifest removed first and the new one moved last (:func:`swap_in`): a killed run leaves the
+folder without a manifest, which :func:`tfod.data.manifest.check_converted` refuses, and never
+a mix of two runs' shards.
+
+A bad image or label row never stops the run: each becomes a ``skipped`` (dropped) or
+``notes`` (kept but changed, e.g. a clipped box) entry naming its file and CSV line;
+``strict=True`` turns any of them into :class:`StrictModeError`. What stops the whole run
+(no DICOM folder, an unreadable labels file, more folds than patients, an unwritable output
+folder) raises :class:`tfod.errors.BadInput`.
 
 The worker pool starts first, so that its processes boot while this one imports TensorFlow,
 reads the labels and splits the folds. Workers are spawned (a fresh interpreter: TensorFlow's
@@ -21,12 +28,11 @@ neither TensorFlow nor scikit-learn at the top.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import multiprocessing
 import os
-import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,19 +52,28 @@ from tfod.data.dicom import (
     try_prepare_image,
 )
 from tfod.data.labels import Issue, LabelSet, PatientLabels, load_labels
+from tfod.data.manifest import (
+    LABEL_MAP_NAME,
+    MANIFEST_NAME,
+    SHARD_FILE,
+    file_sha256,
+    split_images,
+    write_manifest,
+)
+from tfod.errors import BadInput, RunFailed
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IMAGES_PER_SHARD = 1000
 EXPECTED_SIZE = (1024, 1024)
-MANIFEST_NAME = "manifest.json"
 FOLDS_NAME = "folds.csv"
 ISSUES_LOGGED = 20
 MAX_CHUNK = 64  # images a worker reads per task: fewer, larger messages between processes
-_OUR_FILES = re.compile(r"^\.?(fold\d+|test)-\d{5}-of-\d{5}\.tfrecord(\.incomplete)?$")
+STAGING_NAME = ".converting"  # inside the output folder, so the final moves are renames
+_OUR_FILES = {FOLDS_NAME, LABEL_MAP_NAME, MANIFEST_NAME}
 
 
-class StrictModeError(RuntimeError):
+class StrictModeError(RunFailed):
     """Raised by ``strict=True`` when any input was skipped or changed."""
 
     def __init__(self, issues: list[Issue], when: str):
@@ -107,15 +122,34 @@ class Plan:
     notes: list[Issue] = field(default_factory=list)
 
 
-def find_dicoms(dicom_dir) -> dict[str, Path]:
-    """``{patientId: path}`` for every ``*.dcm`` in ``dicom_dir`` (patientId = file stem)."""
+@dataclass
+class DicomFolder:
+    """The DICOMs of a folder by patientId (the file name without its extension), and the
+    patientIds that more than one file resolves to (``a.dcm`` and ``a.DCM``): none is used."""
+
+    found: dict[str, Path]
+    duplicates: dict[str, list[Path]]
+
+    def issues(self) -> list[Issue]:
+        return [Issue(str(path), (), patient_id,
+                      f"{len(paths)} files for one patientId ({', '.join(p.name for p in paths)})"
+                      ": none converted")
+                for patient_id, paths in sorted(self.duplicates.items()) for path in paths]
+
+
+def find_dicoms(dicom_dir) -> DicomFolder:
+    """Every ``*.dcm`` (any case) in ``dicom_dir``; :class:`BadInput` if none or no folder."""
     dicom_dir = Path(dicom_dir)
     if not dicom_dir.is_dir():
-        raise FileNotFoundError(f"--dicom_dir {dicom_dir} is not a directory")
-    found = {p.stem: p for p in sorted(dicom_dir.iterdir()) if p.suffix.lower() == ".dcm"}
-    if not found:
-        raise FileNotFoundError(f"--dicom_dir {dicom_dir} holds no .dcm files")
-    return found
+        raise BadInput("no such folder (--dicom_dir)", dicom_dir)
+    by_id: dict[str, list[Path]] = {}
+    for path in sorted(dicom_dir.iterdir()):
+        if path.suffix.lower() == ".dcm":
+            by_id.setdefault(path.stem, []).append(path)
+    if not by_id:
+        raise BadInput("the folder holds no .dcm files (--dicom_dir)", dicom_dir)
+    return DicomFolder({p: paths[0] for p, paths in by_id.items() if len(paths) == 1},
+                       {p: paths for p, paths in by_id.items() if len(paths) > 1})
 
 
 def split_into_shards(prefix: str, patient_ids: list[str], images_per_shard: int) -> list[Shard]:
@@ -125,28 +159,34 @@ def split_into_shards(prefix: str, patient_ids: list[str], images_per_shard: int
     return [Shard(prefix, i, count, tuple(part)) for i, part in enumerate(parts)]
 
 
-def plan_test_set(dicoms: dict[str, Path], images_per_shard: int) -> Plan:
+def plan_test_set(dicoms: DicomFolder, images_per_shard: int) -> Plan:
     """Every DICOM into ``test-*`` shards, in patientId order."""
     from tfod.data.records import TEST_PREFIX
 
-    return Plan(split_into_shards(TEST_PREFIX, sorted(dicoms), images_per_shard))
+    shards = split_into_shards(TEST_PREFIX, sorted(dicoms.found), images_per_shard)
+    return Plan(shards, skipped=dicoms.issues())
 
 
-def plan_training_set(dicoms: dict[str, Path], labels: LabelSet, labels_csv, num_folds: int,
+def plan_training_set(dicoms: DicomFolder, labels: LabelSet, labels_csv, num_folds: int,
                       seed: int, images_per_shard: int) -> Plan:
     """Match DICOMs with labels, split the matched patients into folds, and lay out shards."""
     from tfod.data import splits
     from tfod.data.records import fold_prefix
 
-    skipped = list(labels.issues)
-    for patient_id in sorted(set(labels.patients) - set(dicoms)):
+    skipped = list(labels.issues) + dicoms.issues()
+    for patient_id in sorted(set(labels.patients) - set(dicoms.found)):
         rows = labels.patients[patient_id].rows
-        skipped.append(Issue(str(labels_csv), rows, patient_id,
-                             f"label rows but no DICOM {patient_id}.dcm in the DICOM folder"))
-    for patient_id in sorted(set(dicoms) - set(labels.patients)):
-        skipped.append(Issue(str(dicoms[patient_id]), (), patient_id,
+        reason = (f"unused: {len(dicoms.duplicates[patient_id])} DICOM files for this patientId"
+                  if patient_id in dicoms.duplicates
+                  else f"label rows but no DICOM {patient_id}.dcm in the DICOM folder")
+        skipped.append(Issue(str(labels_csv), rows, patient_id, reason))
+    for patient_id in sorted(set(dicoms.found) - set(labels.patients)):
+        skipped.append(Issue(str(dicoms.found[patient_id]), (), patient_id,
                              "DICOM has no usable label row; not converted (training mode)"))
-    matched = [labels.patients[p] for p in sorted(set(dicoms) & set(labels.patients))]
+    matched = [labels.patients[p] for p in sorted(set(dicoms.found) & set(labels.patients))]
+    if num_folds > len(matched):
+        raise BadInput(f"--num_folds={num_folds} is more than the {len(matched)} patient(s) "
+                       "that have both a DICOM and a usable label row", labels_csv)
     folds = splits.folds_for_patients(matched, num_folds, seed)
     shards = []
     for fold in range(num_folds):
@@ -165,10 +205,10 @@ class ImageReader:
         self.workers = workers
         self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
 
-    def read(self, paths: list[Path], image_format: str, max_size: int,
-             jpeg_quality: int) -> Iterator[PreparedImage | DicomError]:
-        """One result per path, in the order of ``paths``."""
-        tasks = [(str(path), image_format, max_size, jpeg_quality) for path in paths]
+    def read(self, paths: list[Path], *options) -> Iterator[PreparedImage | DicomError]:
+        """One result per path, in the order of ``paths``; ``options``: the rest of
+        :func:`~tfod.data.dicom.prepare_image`'s arguments."""
+        tasks = [(str(path), *options) for path in paths]
         if self._pool is None:
             return map(try_prepare_image, tasks)
         chunksize = max(1, min(MAX_CHUNK, len(tasks) // (self.workers * 8)))
@@ -185,9 +225,7 @@ class ImageReader:
 class _Recorder:
     """Turns prepared images into serialized records, counting boxes and collecting issues."""
 
-    def __init__(self, dicoms: dict[str, Path], labels: LabelSet | None, labels_csv, plan: Plan,
-                 box_masks: bool = False):
-        self.dicoms = dicoms
+    def __init__(self, labels: LabelSet | None, labels_csv, plan: Plan, box_masks: bool = False):
         self.box_masks = box_masks
         self.labels = labels
         self.labels_csv = str(labels_csv)
@@ -204,6 +242,8 @@ class _Recorder:
             self._skip_dicom(result, patient)
             return None
         self._check_size(result)
+        self.plan.notes += [Issue(result.path, (), result.patient_id, note)
+                            for note in result.notes]
         boxes_yxyx = self._boxes(shard.prefix, result, patient) if patient else np.zeros((0, 4))
         if patient and patient.target == 1 and len(boxes_yxyx) == 0:
             self.plan.skipped.append(Issue(self.labels_csv, patient.rows, patient.patient_id,
@@ -215,7 +255,8 @@ class _Recorder:
         counts.boxes += len(boxes_yxyx)
         self.view_positions[result.patient_id] = result.header.view_position
         image = RecordImage(result.encoded, result.image_format, result.height, result.width,
-                            result.patient_id, result.sha256)
+                            result.patient_id, result.sha256, result.source_height,
+                            result.source_width)
         return encode_example(image, boxes_yxyx, box_masks=self.box_masks)
 
     def _skip_dicom(self, error: DicomError, patient: PatientLabels | None) -> None:
@@ -229,7 +270,7 @@ class _Recorder:
         size = (result.source_width, result.source_height)
         if size != EXPECTED_SIZE:
             self.plan.notes.append(Issue(
-                str(self.dicoms[result.patient_id]), (), result.patient_id,
+                result.path, (), result.patient_id,
                 f"image is {size[0]}x{size[1]}, not 1024x1024: boxes normalized by its own size"))
 
     def _boxes(self, prefix: str, result: PreparedImage, patient: PatientLabels) -> np.ndarray:
@@ -257,7 +298,7 @@ def _patient_id(result: PreparedImage | DicomError) -> str:
 def write_shards(output_dir: Path, plan: Plan, results: Iterable, recorder: _Recorder,
                  progress: bool) -> list[dict]:
     """Write every shard of ``plan`` from ``results`` (in plan order); their manifest entries."""
-    from tfod.data.records import ShardWriter, file_sha256
+    from tfod.data.records import ShardWriter
 
     results = iter(results)
     entries = []
@@ -272,18 +313,41 @@ def write_shards(output_dir: Path, plan: Plan, results: Iterable, recorder: _Rec
                     bar.update()
             recorder.counts.setdefault(shard.prefix, SplitCounts()).shards += 1
             entries.append({"file": shard.name, "split": shard.prefix, "images": writer.count,
+                            "bytes": writer.path.stat().st_size,
                             "sha256": file_sha256(writer.path)})
     return entries
 
 
-def remove_stale_shards(output_dir: Path, keep: set[str]) -> list[str]:
-    """Delete shards (and unfinished ones) left by an earlier run that this run did not write."""
-    stale = sorted(p.name for p in output_dir.iterdir()
-                   if _OUR_FILES.match(p.name) and p.name not in keep)
-    for name in stale:
-        log.warning("removing %s: left by an earlier run, not part of this one", name)
-        (output_dir / name).unlink()
-    return stale
+def staging_folder(output_dir: Path) -> Path:
+    """A fresh, empty staging folder inside ``output_dir`` (a killed run's one is removed);
+    :class:`BadInput` when ``output_dir`` cannot be written."""
+    staging = output_dir / STAGING_NAME
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+    except OSError as error:
+        raise BadInput(f"cannot write the output folder ({error.strerror or error})",
+                       output_dir) from error
+    return staging
+
+
+def swap_in(staging: Path, output_dir: Path) -> None:
+    """Replace the converter's files in ``output_dir`` by those of ``staging``, manifest last.
+
+    The old manifest goes first, so that from then until the new one arrives the folder does
+    not look finished; other files in ``output_dir`` are left alone.
+    """
+    (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    new = {path.name for path in staging.iterdir()}
+    for path in output_dir.iterdir():
+        if path.name in _OUR_FILES or SHARD_FILE.match(path.name):
+            if path.name not in new:
+                log.warning("removing %s: left by an earlier run, not part of this one", path)
+            path.unlink()
+    for name in sorted(new - {MANIFEST_NAME}) + [MANIFEST_NAME]:
+        os.replace(staging / name, output_dir / name)
+    staging.rmdir()
 
 
 def convert(
@@ -300,6 +364,7 @@ def convert(
     max_size: int = 0,
     workers: int | None = None,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    verify_frames: bool = True,
     box_masks: bool = False,
     strict: bool = False,
     progress: bool = True,
@@ -309,17 +374,18 @@ def convert(
     With ``labels_csv`` the images are a training set split into ``num_folds`` patient-level
     folds (stratified by ``class_info_csv``'s class when given, else by Target); without it
     they are a test set. ``max_size`` > 0 resizes so the longer side has that many pixels.
-    ``box_masks`` adds a box-shaped PNG instance mask per box (``image/object/mask``, for Mask
-    R-CNN), drawn in the parent process. ``workers`` defaults to all cores. Raises
-    :class:`StrictModeError` when ``strict`` and any input was skipped or changed (the label check
-    happens before any image is read).
+    ``verify_frames`` decodes each passed-through JPEG frame once, in the workers, and skips a
+    damaged one. ``box_masks`` adds a box-shaped PNG instance mask per box
+    (``image/object/mask``, for Mask R-CNN), drawn in the parent process. ``workers`` defaults
+    to all cores. Everything is written into a staging folder and swapped in at the end (see
+    :func:`swap_in`). Raises :class:`tfod.errors.BadInput` for an input that stops the whole
+    run, and :class:`StrictModeError` when ``strict`` and any input was skipped or changed (the
+    label check happens before any image is read).
     """
     flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     _check_options(image_format, images_per_shard, max_size, num_folds)
+    output_dir = Path(output_dir)
     with ImageReader(workers or os.cpu_count() or 1) as reader:  # boots during the set-up
-        from tfod.data import records, splits  # TensorFlow loads here: see the module docstring
-
-        output_dir = Path(output_dir)
         dicoms = find_dicoms(dicom_dir)
         labels = load_labels(labels_csv, class_info_csv, headers_csv) if labels_csv else None
         if labels:
@@ -329,34 +395,47 @@ def convert(
             plan = plan_test_set(dicoms, images_per_shard)
         if strict and plan.skipped:
             raise StrictModeError(plan.skipped, "found before converting; nothing written")
-        output_dir.mkdir(parents=True, exist_ok=True)
-        records.write_label_map(output_dir)
-        recorder = _Recorder(dicoms, labels, labels_csv, plan, box_masks)
-        ordered = [dicoms[p] for shard in plan.shards for p in shard.patient_ids]
-        results = reader.read(ordered, image_format, max_size, jpeg_quality)
-        shards = write_shards(output_dir, plan, results, recorder, progress)
-    if labels:
-        table = splits.folds_table(_converted_folds(plan, recorder), labels.patients,
-                                   recorder.view_positions)
-        splits.write_folds_csv(table, output_dir / FOLDS_NAME)
-    remove_stale_shards(output_dir, {entry["file"] for entry in shards})
-    manifest = _manifest(flags, plan, recorder, shards, mode="train" if labels else "test")
-    (output_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        staging = staging_folder(output_dir)
+        recorder = _Recorder(labels, labels_csv, plan, box_masks)
+        ordered = [dicoms.found[p] for shard in plan.shards for p in shard.patient_ids]
+        results = reader.read(ordered, image_format, max_size, jpeg_quality, verify_frames)
+        shards = write_shards(staging, plan, results, recorder, progress)
+    manifest = _finish(staging, flags, plan, recorder, shards, labels)
+    swap_in(staging, output_dir)
     _log_issues(plan)
     if strict and (plan.skipped or plan.notes):
         raise StrictModeError(plan.skipped + plan.notes, f"while converting (see {MANIFEST_NAME})")
     return manifest
 
 
+def _finish(staging: Path, flags: dict, plan: Plan, recorder: _Recorder, shards: list[dict],
+            labels: LabelSet | None) -> dict:
+    """Write the label map, folds.csv and manifest into ``staging``; the manifest."""
+    from tfod.data import records, splits
+
+    records.write_label_map(staging)
+    if labels:
+        table = splits.folds_table(_converted_folds(plan, recorder), labels.patients,
+                                   recorder.view_positions)
+        splits.write_folds_csv(table, staging / FOLDS_NAME)
+    for split, images in split_images({"shards": shards}).items():
+        if images == 0:
+            plan.notes.append(Issue(flags["output_dir"], (), "", f"{split} has no image: every "
+                                    "input of it was skipped; training cannot hold it out"))
+    manifest = _manifest(flags, plan, recorder, shards, mode="train" if labels else "test")
+    write_manifest(manifest, staging)
+    return manifest
+
+
 def _check_options(image_format: str, images_per_shard: int, max_size: int, num_folds: int):
     if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        raise BadInput(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     if images_per_shard < 1:
-        raise ValueError(f"images_per_shard must be at least 1, got {images_per_shard}")
+        raise BadInput(f"images_per_shard must be at least 1, got {images_per_shard}")
     if max_size < 0:
-        raise ValueError(f"max_size must be 0 (keep) or positive, got {max_size}")
+        raise BadInput(f"max_size must be 0 (keep) or positive, got {max_size}")
     if num_folds < 1:
-        raise ValueError(f"num_folds must be at least 1, got {num_folds}")
+        raise BadInput(f"num_folds must be at least 1, got {num_folds}")
 
 
 def _converted_folds(plan: Plan, recorder: _Recorder) -> dict[str, int]:

@@ -20,8 +20,10 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
+import simplejpeg
 from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
@@ -30,6 +32,11 @@ from pydicom.uid import JPEGBaseline8Bit
 
 IMAGE_FORMATS = ("passthrough", "png", "jpeg")
 DEFAULT_JPEG_QUALITY = 95
+# PNG through OpenCV, zlib level 1 with its run-length strategy: about 6x less CPU than Pillow's
+# defaults (level 6, adaptive filters) for a 1024x1024 radiograph, and smaller (bench/convert.py).
+PNG_OPTIONS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
+               cv2.IMWRITE_PNG_STRATEGY_RLE)
+ROBUST_PERCENTILES = (0.5, 99.5)
 
 
 class DicomError(ValueError):
@@ -71,6 +78,7 @@ class PreparedImage:
     passthrough: bool  # True when ``encoded`` is the DICOM's own JPEG frame
     path: str = ""  # the DICOM file
     frame_span: tuple[int, int] | None = None  # (offset, length) of a passthrough frame in the file
+    notes: tuple[str, ...] = ()  # what was noticed but did not stop the conversion
 
 
 def read_dataset(path, data: bytes | None = None) -> pydicom.Dataset:
@@ -86,6 +94,8 @@ def read_dataset(path, data: bytes | None = None) -> pydicom.Dataset:
         raise DicomError(path, f"not a readable DICOM file ({error})") from error
     if any("End of file reached" in str(w.message) for w in caught):
         raise DicomError(path, "truncated DICOM file (end of file inside the data)")
+    if "PixelData" not in dataset and "Rows" not in dataset:
+        raise DicomError(path, "truncated DICOM file (it ends before the image header)")
     if "PixelData" not in dataset:
         raise DicomError(path, "DICOM has no pixel data")
     return dataset
@@ -127,8 +137,13 @@ def can_pass_through(dataset: pydicom.Dataset) -> bool:
     )
 
 
-def jpeg_frame(dataset: pydicom.Dataset, path="<dataset>") -> bytes:
-    """The single encapsulated JPEG frame of ``dataset``, checked but not decoded."""
+def jpeg_frame(dataset: pydicom.Dataset, path="<dataset>", verify: bool = True) -> bytes:
+    """The single encapsulated JPEG frame of ``dataset``, checked; with ``verify``, decoded once.
+
+    The decode is libjpeg-turbo's (simplejpeg) with its warnings as errors: a frame with damaged
+    entropy-coded data ("Corrupt JPEG data: ...") or cut short with an end marker appended
+    decodes to an image with grey or garbage blocks and only a warning from Pillow or TF.
+    """
     try:
         frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
         with Image.open(io.BytesIO(frame)) as image:  # parses the JPEG header only
@@ -140,14 +155,26 @@ def jpeg_frame(dataset: pydicom.Dataset, path="<dataset>") -> bytes:
                                f"{dataset.Columns}x{dataset.Rows}")
     if b"\xff\xd9" not in frame[-4:]:
         raise DicomError(path, "JPEG frame is cut short (no end-of-image marker)")
+    if verify:
+        verify_jpeg(frame, path)
     return frame
+
+
+def verify_jpeg(frame: bytes, path="<frame>") -> None:
+    """Decode ``frame`` fully; :class:`DicomError` on any libjpeg error or warning."""
+    try:
+        simplejpeg.decode_jpeg(frame, colorspace="GRAY", strict=True)
+    except ValueError as error:
+        raise DicomError(path, f"damaged JPEG frame ({error})") from error
 
 
 def to_8bit(dataset: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
     """Decoded pixels -> uint8 for display: windowed if deeper than 8 bits, MONOCHROME1 inverted.
 
     8-bit images keep their values. Deeper images go through the modality LUT (rescale), then
-    the first window of the header (center/width) or, without one, the image's own range.
+    the first window of the header (center/width) or, without one, a robust window: the
+    :data:`ROBUST_PERCENTILES` of the image's values, so a few extreme pixels cannot squeeze the
+    whole image into a few grey levels.
     """
     if pixels.ndim != 2:
         raise ValueError(f"expected one grayscale frame, got pixel array of shape {pixels.shape}")
@@ -164,20 +191,41 @@ def to_8bit(dataset: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
 
 
 def _window(dataset: pydicom.Dataset, values: np.ndarray) -> tuple[float, float]:
+    if header_window(dataset):
+        center, width = header_window(dataset)
+        return center - width / 2, center + width / 2
+    low, high = np.percentile(values, ROBUST_PERCENTILES)
+    return float(low), float(high)
+
+
+def header_window(dataset: pydicom.Dataset) -> tuple[float, float] | None:
+    """The header's first (center, width) window, or None when absent or not positive."""
     center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
-    if center is not None and width is not None:
-        center = float(center[0] if isinstance(center, MultiValue) else center)
-        width = float(width[0] if isinstance(width, MultiValue) else width)
-        if width > 0:
-            return center - width / 2, center + width / 2
-    return float(values.min()), float(values.max())
+    if center is None or width is None:
+        return None
+    center = float(center[0] if isinstance(center, MultiValue) else center)
+    width = float(width[0] if isinstance(width, MultiValue) else width)
+    return (center, width) if width > 0 else None
+
+
+def needs_window(dataset: pydicom.Dataset) -> bool:
+    """True when the pixels are deeper than 8 bits, so :func:`to_8bit` windows them."""
+    return int(dataset.get("BitsStored", 8)) > 8 or int(dataset.get("BitsAllocated", 8)) > 8
+
+
+def pixel_array(dataset: pydicom.Dataset) -> np.ndarray:
+    """``dataset.pixel_array``, JPEG Baseline decoded by Pillow (libjpeg-turbo, as TensorFlow
+    decodes a passed-through frame) even where pydicom would pick pylibjpeg first (installed
+    for JPEG-LS and 12-bit JPEG), so that both paths give the same pixels."""
+    if dataset.file_meta.get("TransferSyntaxUID") == JPEGBaseline8Bit:
+        dataset.pixel_array_options(decoding_plugin="pillow")
+    return dataset.pixel_array
 
 
 def decode_8bit(dataset: pydicom.Dataset, path="<dataset>") -> np.ndarray:
     """Decode ``dataset``'s pixels to a uint8 HxW display image."""
     try:
-        pixels = dataset.pixel_array
-        return to_8bit(dataset, pixels)
+        return to_8bit(dataset, pixel_array(dataset))
     except Exception as error:
         raise DicomError(path, f"cannot decode pixel data ({error})") from error
 
@@ -191,7 +239,7 @@ def encode(image: np.ndarray, image_format: str, jpeg_quality: int = DEFAULT_JPE
     """uint8 HxW -> PNG or JPEG bytes (deterministic for a given Pillow)."""
     buffer = io.BytesIO()
     if image_format == "png":
-        Image.fromarray(image).save(buffer, format="PNG")
+        return cv2.imencode(".png", image, list(PNG_OPTIONS))[1].tobytes()
     elif image_format == "jpeg":
         Image.fromarray(image).save(buffer, format="JPEG", quality=jpeg_quality)
     else:
@@ -214,12 +262,14 @@ def prepare_image(
     image_format: str = "passthrough",
     max_size: int = 0,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    verify_frames: bool = True,
 ) -> PreparedImage:
     """Read the DICOM at ``path`` and encode it for a record.
 
-    ``passthrough`` copies the JPEG frame when :func:`can_pass_through` and no resize is asked,
-    and otherwise falls back to PNG; ``png`` and ``jpeg`` always decode and re-encode.
-    Raises :class:`DicomError` naming the file when it cannot be used.
+    ``passthrough`` copies the JPEG frame (decoded once to check it unless ``verify_frames`` is
+    False) when :func:`can_pass_through` and no resize is asked, and otherwise falls back to
+    PNG; ``png`` and ``jpeg`` always decode and re-encode. Raises :class:`DicomError` naming
+    the file when it cannot be used.
     """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
@@ -232,7 +282,7 @@ def prepare_image(
     passthrough = image_format == "passthrough" and keep_size and can_pass_through(dataset)
     frame_span = None
     if passthrough:
-        encoded, out_format = jpeg_frame(dataset, path), "jpeg"
+        encoded, out_format = jpeg_frame(dataset, path, verify_frames), "jpeg"
         height, width = header.rows, header.columns
         offset = find_in(data, encoded)
         frame_span = None if offset is None else (offset, len(encoded))
@@ -253,7 +303,22 @@ def prepare_image(
         passthrough=passthrough,
         path=str(path),
         frame_span=frame_span,
+        notes=header_notes(dataset, path, decoded=not passthrough),
     )
+
+
+def header_notes(dataset: pydicom.Dataset, path: Path, decoded: bool) -> tuple[str, ...]:
+    """What a reader should know about how this file was read (the header's PatientID is
+    compared, never kept)."""
+    notes = []
+    header_id = str(dataset.get("PatientID", "") or "").strip()
+    if header_id and header_id != path.stem:
+        notes.append("the header's PatientID differs from the file name; the file name is used")
+    if decoded and needs_window(dataset) and not header_window(dataset):
+        low, high = ROBUST_PERCENTILES
+        notes.append(f"deeper than 8 bits and no window in the header: windowed to the {low:g}th"
+                     f"-{high:g}th percentiles of its pixels")
+    return tuple(notes)
 
 
 def read_bytes(path) -> bytes:

@@ -10,8 +10,10 @@ Three tables, all optional except the labels for a training set:
   ``PatientSex``, ``PatientAge`` among other columns.
 
 A bad row never stops parsing and is never dropped silently: it becomes an :class:`Issue`
-naming the file, its line number (the header is line 1) and the reason. A table that cannot be
-read at all (missing file or column) raises :class:`LabelsError`.
+naming the file, its line number (the header is line 1) and the reason. The labels' rows are
+parsed by :mod:`tfod.labelrows` (shared with the evaluation, which uses its strict policy). A
+table that cannot be read at all (missing, empty, header only, a column missing) raises
+:class:`tfod.errors.BadInput`.
 """
 from __future__ import annotations
 
@@ -21,17 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
-BOX_COLUMNS = ("x", "y", "width", "height")
+from tfod.errors import BadInput
+from tfod.labelrows import FIRST_DATA_LINE, read_label_rows
+
 CLASS_COLUMNS = ("patientId", "class")
 HEADER_COLUMNS = ("PatientID", "ViewPosition", "PatientSex", "PatientAge")
 POSITIVE_CLASS = "Lung Opacity"
 CLASSES = ("Normal", "No Lung Opacity / Not Normal", POSITIVE_CLASS)
-FIRST_DATA_LINE = 2  # line numbers are 1-based and line 1 is the header
-
-
-class LabelsError(ValueError):
-    """A label table that cannot be used at all (missing file or column)."""
 
 
 @dataclass(frozen=True)
@@ -86,58 +84,39 @@ class LabelSet:
 def _read_table(path, columns) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise LabelsError(f"{path}: file not found")
+        raise BadInput("file not found", path)
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as error:
-        raise LabelsError(f"{path}: not a readable CSV file ({error})") from error
+        raise BadInput(f"not a readable CSV file ({error})", path) from error
+    table.columns = [str(name).strip() for name in table.columns]
     missing = [name for name in columns if name not in table.columns]
     if missing:
-        raise LabelsError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
+        raise BadInput(f"missing column(s) {missing}; found {list(table.columns)}", path, 1)
     table = table[list(columns)].apply(lambda column: column.str.strip())
     table["line"] = np.arange(len(table)) + FIRST_DATA_LINE
     return table
 
 
 def read_labels(path) -> LabelSet:
-    """Parse and validate the labels CSV into one :class:`PatientLabels` per patient."""
+    """Parse the labels CSV into one :class:`PatientLabels` per patient.
+
+    Rows go through :func:`tfod.labelrows.read_label_rows` with the lenient policy: a bad row
+    becomes an :class:`Issue`, as do duplicates and a patient's Target 0 rows beside boxes.
+    """
     source = str(path)
-    table = _read_table(path, LABEL_COLUMNS)
-    numbers = table[list(BOX_COLUMNS)].apply(pd.to_numeric, errors="coerce")
-    target = pd.to_numeric(table["Target"], errors="coerce")
-    issues: list[Issue] = []
-    good = []
-    for row, box, label in zip(table.itertuples(index=False), numbers.to_numpy(), target,
-                               strict=True):
-        problem = _row_problem(row, box, label)
-        if problem:
-            issues.append(Issue(source, (row.line,), row.patientId, problem))
-        else:
-            good.append((row.patientId, int(label), tuple(box) if label == 1 else None, row.line))
+    if not Path(path).is_file():
+        raise BadInput("file not found", path)
+    rows, bad = read_label_rows(path, strict=False)
+    if not rows and not bad:
+        raise BadInput("no data rows: the file holds only its header", path)
+    issues = [Issue(source, (row.line,), row.patient_id, row.reason) for row in bad]
+    good = [(row.patient_id, row.target, row.box, row.line) for row in rows]
     good, duplicates = _drop_duplicates(good, source)
     patients, conflicts = _group_by_patient(good, source)
     issues.extend(duplicates + conflicts)
     issues.sort(key=lambda issue: issue.rows)
     return LabelSet(patients, issues)
-
-
-def _row_problem(row, box: np.ndarray, target: float) -> str:
-    """Why a label row cannot be used, or '' when it can."""
-    if not row.patientId:
-        return "empty patientId"
-    if target not in (0, 1):
-        return f"Target must be 0 or 1, got {row.Target!r}"
-    raw = dict(zip(BOX_COLUMNS, (row.x, row.y, row.width, row.height), strict=True))
-    if target == 0:
-        filled = {name: value for name, value in raw.items() if value}
-        return f"Target 0 row has box values {filled}; a negative row has none" if filled else ""
-    for name, value in zip(BOX_COLUMNS, box, strict=True):
-        if not np.isfinite(value):
-            return f"Target 1 row has a missing or non-numeric {name} ({raw[name]!r})"
-    for name, value in (("width", box[2]), ("height", box[3])):
-        if value <= 0:
-            return f"box {name} must be positive, got {value:g}"
-    return ""
 
 
 def _drop_duplicates(rows: list, source: str) -> tuple[list, list[Issue]]:

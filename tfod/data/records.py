@@ -1,5 +1,9 @@
 """OD API ``tf.train.Example`` records: encode, decode, sharded atomic writing, label map.
 
+Besides the OD API's keys, every record holds the DICOM's own size (``image/original_height``,
+``image/original_width``, int64; equal to ``image/height``/``width`` unless resized), the pixel
+frame in which labels and predictions are given, so boxes can be mapped back to it.
+
 Shard names: ``fold{k}-{i:05d}-of-{n:05d}.tfrecord`` for fold ``k`` of a training set and
 ``test-{i:05d}-of-{n:05d}.tfrecord`` for a test set, so that training on fold ``k`` reads the
 other folds' globs and evaluation reads fold ``k``'s. A shard is written under a hidden
@@ -14,7 +18,6 @@ without objects.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -33,11 +36,13 @@ from object_detection.protos import string_int_label_map_pb2
 from object_detection.utils import dataset_util
 
 from tfod import boxes as box_ops
+from tfod.data.manifest import LABEL_MAP_NAME
 
 MASK_KEY = "image/object/mask"
+ORIGINAL_HEIGHT_KEY = "image/original_height"  # the DICOM's size, before --max_size
+ORIGINAL_WIDTH_KEY = "image/original_width"
 CLASS_NAME = "opacity"
 CLASS_ID = 1
-LABEL_MAP_NAME = "label_map.pbtxt"
 TEST_PREFIX = "test"
 SHARD_SUFFIX = ".tfrecord"
 INCOMPLETE_SUFFIX = ".incomplete"
@@ -54,6 +59,13 @@ class RecordImage:
     width: int
     source_id: str  # the patientId
     sha256: str  # hex digest of ``encoded``
+    original_height: int | None = None  # of the DICOM, before any resize; None: height
+    original_width: int | None = None
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(height, width) of the DICOM, the pixel frame of the labels and the submission."""
+        return (self.original_height or self.height, self.original_width or self.width)
 
     @property
     def filename(self) -> str:
@@ -92,6 +104,8 @@ def encode_example(image: RecordImage, boxes_yxyx=(), box_masks: bool = False) -
         "image/format": dataset_util.bytes_feature(image.image_format.encode()),
         "image/height": dataset_util.int64_feature(image.height),
         "image/width": dataset_util.int64_feature(image.width),
+        ORIGINAL_HEIGHT_KEY: dataset_util.int64_feature(image.original_size[0]),
+        ORIGINAL_WIDTH_KEY: dataset_util.int64_feature(image.original_size[1]),
         "image/filename": dataset_util.bytes_feature(image.filename.encode()),
         "image/source_id": dataset_util.bytes_feature(image.source_id.encode()),
         "image/key/sha256": dataset_util.bytes_feature(image.sha256.encode()),
@@ -126,6 +140,8 @@ def decode_example(serialized: bytes) -> dict:
         "format": first("image/format").decode(),
         "height": int(first("image/height")),
         "width": int(first("image/width")),
+        "original_height": int(first(ORIGINAL_HEIGHT_KEY)),
+        "original_width": int(first(ORIGINAL_WIDTH_KEY)),
         "filename": first("image/filename").decode(),
         "source_id": first("image/source_id").decode(),
         "sha256": first("image/key/sha256").decode(),
@@ -171,14 +187,6 @@ def read_records(paths) -> list[bytes]:
     files = sorted({f for p in ([paths] if isinstance(paths, str | Path) else paths)
                     for f in tf.io.gfile.glob(str(p))})
     return [record.numpy() for record in tf.data.TFRecordDataset(files)]
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ShardWriter:

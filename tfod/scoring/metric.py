@@ -1,4 +1,8 @@
-"""The RSNA competition metric, exact and vectorized, and what we learn from it.
+"""The RSNA competition metric, exact and vectorized: boxes in, numbers out.
+
+Pure computation (the threshold sweep and the box-scale fit included), so that the trainer's
+evaluator can import it; box-error analysis is :mod:`tfod.scoring.analysis`, and files,
+``metrics.json`` and plots are the evaluation stage's (:mod:`tfod.scoring.stage`).
 
 The metric (the competition's evaluation page): for each image and each IoU threshold
 ``t`` in 0.40, 0.45, ..., 0.75, take the predictions in decreasing score order; each one hits
@@ -20,7 +24,8 @@ Exactness choices:
 
 Speed: only images with both ground truth and predictions (the rows) can have hits, and in
 them only the candidates, predictions whose IoU with some true box exceeds the lowest threshold:
-the others never change the matching, they only count as FP. A cheap per-axis bound finds the
+the others never change the matching, they only count as FP. A cheap per-axis bound
+(:func:`may_exceed`, shared by both paths below) finds the
 pairs whose IoU may exceed it, and only those get the exact IoU. Candidates are padded per row
 by decreasing score. Rows whose candidates all prefer different true boxes, or each exceed the
 lowest threshold with one true box only (one true box is the common case), are matched without
@@ -38,21 +43,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from tfod import boxes as box_ops
-from tfod import detections as det
-from tfod.data import splits
 from tfod.detections import BoxTable, ImageBoxes
 
 THRESHOLDS = np.array([0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75])
-COUNT_IOU = 0.5  # the IoU threshold of the reported tp / fp / fn
 MIN_SCORES = np.round(np.arange(5, 96) / 100, 2)  # 0.05, 0.06, ..., 0.95
 BOX_SCALES = np.round(np.arange(70, 111) / 100, 2)  # 0.70, 0.71, ..., 1.10
 
@@ -243,19 +243,18 @@ def _pairs(packed: Packed):
             np.repeat(np.arange(len(per_box)), [len(preds) for preds in per_box]))
 
 
-def _close_pairs(packed: Packed, threshold: float):
-    """The pairs of :func:`_pairs` whose IoU may exceed ``threshold``, by a cheap test.
+def may_exceed(predicted: box_ops.CornerColumns, true: box_ops.CornerColumns, pred: np.ndarray,
+               box: np.ndarray, threshold: float):
+    """The pairs ``(predicted[pred[k]], true[box[k]])`` whose IoU may exceed ``threshold``.
 
-    Along each axis IoU <= overlap / max(size), computed from the corners as IoU is; a relative
-    margin of 1e-9 covers rounding. The x test runs first and leaves few pairs for the y test.
+    A cheap bound first, so that few pairs need the exact IoU: along each axis
+    IoU <= overlap / max(size), computed from the corners as IoU is; a relative margin of 1e-9
+    covers rounding. The x test runs first and leaves few pairs for the y test.
+    Returns the kept ``pred`` and ``box`` indices.
     """
-    pred, box = _pairs(packed)
-    pred_corners = box_ops.corners(packed.pred_boxes).T
-    gt_corners = box_ops.corners(packed.gt_boxes).reshape(-1, 4).T
-    for low, high in ((0, 2), (1, 3)):
-        gt = packed.pred_row[pred] * packed.gt_boxes.shape[1] + box
-        a_low, a_high = pred_corners[low, pred], pred_corners[high, pred]
-        b_low, b_high = gt_corners[low, gt], gt_corners[high, gt]
+    for low, high in (("x1", "x2"), ("y1", "y2")):
+        a_low, a_high = getattr(predicted, low)[pred], getattr(predicted, high)[pred]
+        b_low, b_high = getattr(true, low)[box], getattr(true, high)[box]
         overlap = np.minimum(a_high, b_high) - np.maximum(a_low, b_low)
         size = np.maximum(a_high - a_low, b_high - b_low)
         close = np.flatnonzero(overlap > threshold * (1 - 1e-9) * size)
@@ -269,14 +268,16 @@ def _pred_ious(packed: Packed):
     Returns ``iou`` (N, G), exact where it exceeds the lowest threshold and 0 elsewhere (such an
     IoU can neither hit nor beat one that does), and ``candidate`` (N,): some IoU exceeds it.
     """
-    pred, box = _close_pairs(packed, THRESHOLDS[0])
-    gt = packed.pred_row[pred] * packed.gt_boxes.shape[1] + box
-    pred_boxes = np.take(packed.pred_boxes, pred, axis=0)[:, None, :]
-    gt_boxes = np.take(packed.gt_boxes.reshape(-1, 4), gt, axis=0)[:, None, :]
-    exact = box_ops.pairwise_iou_xywh(pred_boxes, gt_boxes)[:, 0, 0]
+    width = packed.gt_boxes.shape[1]
+    pred, box = _pairs(packed)
+    predicted = box_ops.corner_columns(packed.pred_boxes)
+    true = box_ops.corner_columns(packed.gt_boxes.reshape(-1, 4))
+    pred, gt = may_exceed(predicted, true, pred, packed.pred_row[pred] * width + box,
+                          THRESHOLDS[0])
+    exact = box_ops.paired_iou(predicted.take(pred), true.take(gt))
     above = exact > THRESHOLDS[0]
-    iou = np.zeros((len(packed.pred_row), packed.gt_boxes.shape[1]))
-    iou[pred[above], box[above]] = exact[above]
+    iou = np.zeros((len(packed.pred_row), width))
+    iou[pred[above], gt[above] % width] = exact[above]
     candidate = np.zeros(len(packed.pred_row), dtype=bool)
     candidate[pred[above]] = True
     return iou, candidate
@@ -450,21 +451,15 @@ def _boxes_above(best: np.ndarray, n_gt: np.ndarray) -> np.ndarray:
 def _pairs_above(truth: BoxTable, image: np.ndarray, boxes: np.ndarray):
     """The (prediction, true box of its image) pairs whose IoU exceeds the lowest threshold.
 
-    A cheap per-axis bound (IoU <= overlap / max(size), with a relative margin of 1e-9 for
-    rounding) leaves few pairs for the exact IoU. Returns prediction and box indices and IoUs.
+    :func:`may_exceed` leaves few pairs for the exact IoU. Returns prediction and box indices
+    and IoUs.
     """
     first, n_gt = truth.offsets[image], truth.counts()[image]
     per_box = [np.flatnonzero(n_gt > g) for g in range(int(n_gt.max(initial=0)))]
     pred = np.concatenate(per_box) if per_box else np.zeros(0, dtype=np.int64)
     box = first[pred] + np.repeat(np.arange(len(per_box)), [len(p) for p in per_box])
     predicted, true = box_ops.corner_columns(boxes), box_ops.corner_columns(truth.boxes)
-    for low, high in (("x1", "x2"), ("y1", "y2")):
-        a_low, a_high = getattr(predicted, low)[pred], getattr(predicted, high)[pred]
-        b_low, b_high = getattr(true, low)[box], getattr(true, high)[box]
-        overlap = np.minimum(a_high, b_high) - np.maximum(a_low, b_low)
-        size = np.maximum(a_high - a_low, b_high - b_low)
-        close = np.flatnonzero(overlap > THRESHOLDS[0] * (1 - 1e-9) * size)
-        pred, box = pred[close], box[close]
+    pred, box = may_exceed(predicted, true, pred, box, THRESHOLDS[0])
     iou = box_ops.paired_iou(predicted.take(pred), true.take(box))
     above = np.flatnonzero(iou > THRESHOLDS[0])
     return pred[above], box[above], iou[above]
@@ -535,199 +530,3 @@ def fit_box_scale(packed: Packed, scales=BOX_SCALES, min_scores=MIN_SCORES,
     best = best_scores[np.argmin(np.abs(np.asarray(scales)[best_scores] - 1.0))]
     return ScaleFit(float(scales[best]), float(results[best][0]), float(scores[best]),
                     np.asarray(scales, dtype=np.float64), scores)
-
-
-def matched_pairs(matching: Matching, min_score: float, iou: float = THRESHOLDS[0]):
-    """``(predicted, true)`` pixel ``x, y, w, h`` boxes (K, 4) of the hits at IoU ``iou``."""
-    t = int(np.flatnonzero(THRESHOLDS == iou)[0])
-    hits = matching.hits[:, t, :] & (matching.candidate_scores >= min_score)
-    row, rank = np.nonzero(hits)
-    truth = matching.packed.gt_boxes[row, matching.matched[row, t, rank]]
-    return matching.candidate_boxes[row, rank], truth
-
-
-def _spread(values: np.ndarray) -> dict:
-    if not len(values):
-        return {"median": None, "q1": None, "q3": None, "iqr": None}
-    q1, median, q3 = np.percentile(values, [25, 50, 75])
-    return {"median": float(median), "q1": float(q1), "q3": float(q3), "iqr": float(q3 - q1)}
-
-
-def box_errors(predicted: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
-    """Per matched pair: width and height ratios (predicted / true), centre offsets in pixels."""
-    centre = lambda b: b[:, :2] + b[:, 2:] / 2  # noqa: E731
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return {
-            "width_ratio": predicted[:, 2] / truth[:, 2],
-            "height_ratio": predicted[:, 3] / truth[:, 3],
-            "centre_dx": centre(predicted)[:, 0] - centre(truth)[:, 0],
-            "centre_dy": centre(predicted)[:, 1] - centre(truth)[:, 1],
-        }
-
-
-def error_analysis(matching: Matching, min_score: float, iou: float = THRESHOLDS[0]) -> dict:
-    """Median and IQR of the :func:`box_errors` of the pairs matched at ``iou``."""
-    errors = box_errors(*matched_pairs(matching, min_score, iou))
-    summary = {name: _spread(values[np.isfinite(values)]) for name, values in errors.items()}
-    return {"pairs": int(len(errors["width_ratio"])), "iou": float(iou), **summary}
-
-
-def _key(value: float) -> str:
-    return f"{value:.2f}"
-
-
-def _count_index() -> int:
-    return int(np.flatnonzero(THRESHOLDS == COUNT_IOU)[0])
-
-
-def evaluate(ground_truth: Mapping[str, ImageBoxes], detections: Mapping[str, ImageBoxes],
-             output_dir, threshold: float | None = None, box_scale: float | None = None,
-             dicom_dir=None, gallery_limit: int | None = None, extra: Mapping | None = None
-             ) -> dict:
-    """Score ``detections`` on the images of ``ground_truth``; write metrics, plots, gallery.
-
-    ``score`` is taken at ``threshold`` (a minimum detection score) when given, else at the
-    best one of :data:`MIN_SCORES`, with the boxes scaled by ``box_scale`` when given, else
-    by the best of :data:`BOX_SCALES`. Writes ``metrics.json``, ``threshold_curve.png``,
-    ``box_scale_curve.png``, ``box_errors.png`` and, with ``dicom_dir``, ``gallery/`` (the
-    ``gallery_limit`` worst images, all by default). ``extra`` entries are added to the metrics.
-    Returns the metrics (NaN, for a set with nothing to score, becomes ``None``).
-    """
-    from tfod.scoring import report  # matplotlib is only needed here
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    ground_truth, detections = BoxTable.of(ground_truth), BoxTable.of(detections)
-    packed = pack(ground_truth, detections)
-    fit = fit_box_scale(packed, threshold=threshold)
-    scale = fit.scale if box_scale is None else float(box_scale)
-    matching = match_packed(packed.scaled(scale))
-    curve = matching.curve(MIN_SCORES)
-    if threshold is None:
-        threshold, _ = best_threshold(MIN_SCORES, curve)
-    tp, fp, fn = (c[:, _count_index()] for c in matching.counts(threshold))
-    image_scores = matching.image_scores(threshold)
-    errors = box_errors(*matched_pairs(matching, threshold))
-    metrics = {
-        "score": matching.score(threshold),
-        "threshold": float(threshold),
-        "box_scale": scale,
-        "images": int(np.count_nonzero(~np.isnan(image_scores))),
-        "images_total": len(packed.ids),
-        "positive_images": int(np.count_nonzero(packed.n_gt)),
-        "gt_boxes": int(packed.n_gt.sum()),
-        "predicted_boxes": int(np.count_nonzero(packed.scores >= threshold)),
-        "tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum()),
-        "iou_scores": {_key(t): float(s)
-                       for t, s in zip(THRESHOLDS, matching.threshold_scores(threshold),
-                                       strict=True)},
-        "curve": {_key(s): float(v) for s, v in zip(MIN_SCORES, curve, strict=True)},
-        "box_scale_fit": {"scale": fit.scale, "threshold": fit.threshold, "score": fit.score},
-        "box_scale_curve": {_key(s): float(v)
-                            for s, v in zip(fit.scales, fit.scores, strict=True)},
-        "box_errors": error_analysis(matching, threshold),
-    }
-    report.plot_threshold_curve(MIN_SCORES, curve, metrics["threshold"], metrics["score"],
-                                output_dir / "threshold_curve.png")
-    report.plot_box_scale_curve(fit.scales, fit.scores, scale, output_dir / "box_scale_curve.png")
-    report.plot_box_errors(errors, output_dir / "box_errors.png")
-    if dicom_dir is not None:
-        items = _gallery_items(ground_truth, detections, scale, threshold, image_scores, tp, fp, fn)
-        gallery = report.write_gallery(items, dicom_dir, output_dir / "gallery", gallery_limit)
-        metrics["gallery"] = gallery
-    metrics = _without_nan({**metrics, **(extra or {})})
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    return metrics
-
-
-def _without_nan(value):
-    """``value`` with every float NaN replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value
-
-
-def _gallery_items(ground_truth: BoxTable, detections: BoxTable, scale: float, threshold: float,
-                   image_scores, tp, fp, fn):
-    from tfod.scoring.report import GalleryItem
-
-    items = []
-    for i, patient_id in enumerate(ground_truth.ids):
-        predicted = detections.get(patient_id, ImageBoxes.empty())
-        keep = np.flatnonzero(predicted.scores >= threshold)
-        keep = keep[np.argsort(-predicted.scores[keep], kind="stable")]
-        items.append(GalleryItem(
-            patient_id=patient_id, score=float(image_scores[i]),
-            gt_boxes=ground_truth[patient_id].boxes,
-            pred_boxes=box_ops.scale_xywh(predicted.boxes[keep], scale),
-            pred_scores=predicted.scores[keep],
-            tp=int(tp[i]), fp=int(fp[i]), fn=int(fn[i]),
-        ))
-    return items
-
-
-def select_images(ground_truth: Mapping[str, ImageBoxes], detections: Mapping[str, ImageBoxes],
-                  fold_ids: Sequence[str] | None = None, source: str = "detections"):
-    """The ground truth and detections of the images to score, checked against each other.
-
-    Without ``fold_ids`` the images are those in ``detections``; with them, the fold's images,
-    every one of which must be in ``detections`` (detections of other images are dropped).
-    Returns ``(ground_truth, detections, dropped)``.
-    """
-    unknown = set(detections) - set(ground_truth)
-    if unknown:
-        raise ValueError(f"{source}: {len(unknown)} image(s) are not in the labels, "
-                         f"e.g. {sorted(unknown)[:3]}")
-    ids = list(detections) if fold_ids is None else list(fold_ids)
-    missing = [i for i in ids if i not in detections]
-    if missing:
-        raise ValueError(f"{source}: {len(missing)} image(s) of the fold have no row, "
-                         f"e.g. {missing[:3]}")
-    not_labelled = [i for i in ids if i not in ground_truth]
-    if not_labelled:
-        raise ValueError(f"{len(not_labelled)} image(s) of the fold are not in the labels, "
-                         f"e.g. {not_labelled[:3]}")
-    chosen = set(ids)
-    dropped = len(detections) - len(chosen)
-    return ({i: ground_truth[i] for i in ids}, {i: detections[i] for i in ids}, dropped)
-
-
-def evaluate_files(detections_csv, labels_csv, output_dir, folds_csv=None, fold: int | None = None,
-                   **options) -> dict:
-    """:func:`evaluate` on a detections CSV against the official labels CSV (optionally a fold)."""
-    if (folds_csv is None) != (fold is None):
-        raise ValueError("give both folds_csv and fold, or neither")
-    fold_ids = None if folds_csv is None else splits.fold_ids(folds_csv, fold)
-    ground_truth, detections, dropped = select_images(
-        det.read_labels(labels_csv), det.read_detections(detections_csv), fold_ids,
-        source=str(detections_csv),
-    )
-    return evaluate(ground_truth, detections, output_dir,
-                    extra={"detections_outside_fold": dropped}, **options)
-
-
-def _number(value, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def format_table(metrics: Mapping) -> str:
-    """A short text table of the headline numbers."""
-    rows = [
-        ("score", _number(metrics["score"], 4)),
-        ("threshold (min score)", _number(metrics["threshold"], 2)),
-        ("box scale", _number(metrics["box_scale"], 2)),
-        ("images scored / total", f"{metrics['images']} / {metrics['images_total']}"),
-        ("positive images", str(metrics["positive_images"])),
-        (f"tp / fp / fn @ IoU {COUNT_IOU}", f"{metrics['tp']} / {metrics['fp']} / {metrics['fn']}"),
-    ]
-    errors = metrics["box_errors"]
-    for name in ("width_ratio", "height_ratio", "centre_dx", "centre_dy"):
-        if errors[name]["median"] is not None:
-            rows.append((f"{name} median [IQR]",
-                         f"{errors[name]['median']:.3f} [{errors[name]['iqr']:.3f}]"))
-    if "gallery" in metrics:
-        rows.append(("gallery", metrics["gallery"]["index"]))
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -4,7 +4,7 @@ Plots use matplotlib's Agg backend (no display needed). The gallery draws each i
 predicted boxes in green with their score and its ground truth in black (with a thin white
 edge, to stand out on dark lung fields) on the X-ray, one
 JPEG per image, and lists them worst first in an ``index.html`` with filters for false
-positives and misses. This module only draws what :mod:`tfod.scoring.metric` computed.
+positives and misses. This module only draws what :mod:`tfod.scoring.stage` computed.
 """
 from __future__ import annotations
 
@@ -187,35 +187,51 @@ def _figure(item: GalleryItem, image_name: str) -> str:
     )
 
 
+def _draw_one(item: GalleryItem, dicom_dir, output_dir: Path, size: int) -> str | None:
+    """Draw ``item`` into ``output_dir/<id>.jpg``; the reason when it cannot be drawn."""
+    path = Path(dicom_dir) / f"{item.patient_id}.dcm"
+    if not path.is_file():
+        return f"no DICOM file {path}"
+    try:
+        pixels = dicom.load_image_8bit(path)
+    except (ValueError, OSError) as error:  # DicomError (truncated, foreign...) is a ValueError
+        return getattr(error, "reason", str(error))
+    draw_image(pixels, item, size).save(output_dir / f"{item.patient_id}.jpg",
+                                        quality=JPEG_QUALITY)
+    return None
+
+
 def write_gallery(items: Sequence[GalleryItem], dicom_dir, output_dir,
                   limit: int | None = None, size: int = GALLERY_SIZE) -> dict:
     """Draw ``items`` (the ``limit`` worst, all by default) from ``dicom_dir/<id>.dcm``.
 
     Writes ``<id>.jpg`` per image and ``index.html`` into ``output_dir``. An image whose DICOM
-    is missing is not drawn; it is counted and named in the returned summary.
+    is missing or unreadable (truncated, foreign) is not drawn and the others still are: the
+    returned summary counts the missing DICOMs and maps each image not drawn to its reason
+    (``not_drawn``, also written to ``not_drawn.json``).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     chosen = _sorted_worst_first(items)[:limit]
-    drawn, missing = [], []
+    drawn, not_drawn = [], {}
     for item in tqdm(chosen, desc="gallery", unit="image", disable=len(chosen) < 50):
-        path = Path(dicom_dir) / f"{item.patient_id}.dcm"
-        if not path.is_file():
-            missing.append(item.patient_id)
-            continue
-        image = draw_image(dicom.load_image_8bit(path), item, size)
-        image.save(output_dir / f"{item.patient_id}.jpg", quality=JPEG_QUALITY)
-        drawn.append(item)
+        reason = _draw_one(item, dicom_dir, output_dir, size)
+        if reason is None:
+            drawn.append(item)
+        else:
+            not_drawn[item.patient_id] = reason
     figures = "\n".join(_figure(item, f"{item.patient_id}.jpg") for item in drawn)
     summary = f"{len(drawn)} images."
-    if missing:
-        summary += f" {len(missing)} not drawn: no DICOM in {html.escape(str(dicom_dir))}."
+    if not_drawn:
+        summary += f" {len(not_drawn)} not drawn (see not_drawn.json): " + html.escape(
+            "; ".join(f"{key}: {reason}" for key, reason in list(not_drawn.items())[:5]))
     index = output_dir / "index.html"
     index.write_text(_PAGE.format(
         size=size // 2, summary=summary, n_all=len(drawn), figures=figures,
         n_fp=sum(item.fp > 0 for item in drawn), n_fn=sum(item.fn > 0 for item in drawn),
     ))
-    result = {"index": str(index), "images": len(drawn), "missing_dicoms": len(missing)}
-    if missing:
-        (output_dir / "missing_dicoms.json").write_text(json.dumps(missing, indent=1))
-    return result
+    missing = sum(reason.startswith("no DICOM file") for reason in not_drawn.values())
+    if not_drawn:
+        (output_dir / "not_drawn.json").write_text(json.dumps(not_drawn, indent=1))
+    return {"index": str(index), "images": len(drawn), "missing_dicoms": missing,
+            "not_drawn": not_drawn}

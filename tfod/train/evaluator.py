@@ -27,6 +27,7 @@ import numpy as np
 import tfod.compat  # noqa: F401  (before object_detection)
 from tfod import boxes as box_ops
 from tfod import detections as det
+from tfod.data.records import ORIGINAL_HEIGHT_KEY, ORIGINAL_WIDTH_KEY
 from tfod.detections import ImageBoxes
 from tfod.runfolder import (
     TERMINAL_STATES,
@@ -45,8 +46,6 @@ from tfod.train.odapi import (
     read_configs,
     target_steps,
 )
-
-ORIGINAL_HEIGHT_KEY, ORIGINAL_WIDTH_KEY = "image/original_height", "image/original_width"
 
 log = logging.getLogger("tfod.train")
 

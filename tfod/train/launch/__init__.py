@@ -1,7 +1,8 @@
 """Launchers: start the trainer, the evaluator and TensorBoard for one run folder.
 
-:func:`launch_run` is what ``tfod-train`` calls: it writes the run's ``pipeline.config`` (built
-by :mod:`tfod.config.pipeline` from a model name, or copied from ``--pipeline_config``), refuses a
+:func:`launch_run` is what ``tfod-train`` calls: it writes the run's ``pipeline.config`` (from a
+:class:`tfod.config.pipeline.ConfigRequest`: built from a model name, or copied from
+``--pipeline_config``), refuses a
 changed config on an existing run (which otherwise resumes), checks the GPUs, records
 ``launch.json`` and starts the ``local`` or ``docker`` backend, or with ``dry_run`` prints the
 run-folder plan and the exact commands and starts nothing.
@@ -9,11 +10,10 @@ run-folder plan and the exact commands and starts nothing.
 from __future__ import annotations
 
 import shlex
-import shutil
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tfod.runfolder import RunFolder
 from tfod.train.launch.common import (
@@ -29,51 +29,13 @@ from tfod.train.launch.common import (
 from tfod.train.launch.docker import DockerLauncher
 from tfod.train.launch.local import LocalLauncher
 
+if TYPE_CHECKING:  # the request is the config stage's; the launcher only calls .write()
+    from tfod.config.pipeline import ConfigRequest
+
 BACKENDS = ("local", "docker")
 
-__all__ = ["BACKENDS", "ConfigRequest", "LaunchError", "LaunchSpec", "default_run_dir",
+__all__ = ["BACKENDS", "LaunchError", "LaunchSpec", "default_run_dir",
            "launch_run", "make_launcher", "plan_lines"]
-
-
-@dataclass
-class ConfigRequest:
-    """Where the run's config comes from: a model zoo name and a converted folder (built by
-    :func:`tfod.config.pipeline.build_config`), or an existing ``pipeline_config``."""
-
-    model: str | None = None
-    data_dir: str | None = None
-    fold: int = 0
-    image_size: int | None = None
-    batch_size: int | None = None
-    num_steps: int | None = None
-    learning_rate: float | None = None
-    fine_tune_checkpoint: str | None = None
-    overrides: Sequence[str] = field(default_factory=tuple)
-    pipeline_config: str | None = None
-
-    def __post_init__(self):
-        if bool(self.model) == bool(self.pipeline_config):
-            raise LaunchError("give either --model (with --data_dir and --fold) or "
-                              "--pipeline_config")
-        if self.model and not self.data_dir:
-            raise LaunchError("--model needs --data_dir (a converted folder)")
-
-    def write(self, output: Path) -> Path:
-        """Write the asked-for config to ``output``."""
-        if self.pipeline_config:
-            source = Path(self.pipeline_config)
-            if not source.is_file():
-                raise LaunchError(f"--pipeline_config {source} does not exist")
-            shutil.copyfile(source, output)
-            return output
-        from tfod.config import pipeline as configs
-
-        return configs.build_config(
-            self.model, self.data_dir, self.fold, output, image_size=self.image_size,
-            batch_size=self.batch_size, num_steps=self.num_steps,
-            learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
-            overrides=tuple(self.overrides),
-        )
 
 
 def default_run_dir(request: ConfigRequest) -> Path:

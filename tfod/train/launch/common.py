@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tfod.errors import NAN_LOSS as NAN_EXIT_CODE  # noqa: F401  (the launchers' name)
+from tfod.errors import BadInput
 from tfod.runfolder import RunFolder, read_json, write_json
 
 TRAIN, EVAL, TENSORBOARD = "train", "eval", "tensorboard"
@@ -31,7 +32,7 @@ VERSIONED_PACKAGES = (
 )
 
 
-class LaunchError(RuntimeError):
+class LaunchError(BadInput):
     """A launch that cannot start: bad flags, no GPU, no Docker, a changed config."""
 
 
