@@ -120,7 +120,8 @@ def _example(source_id: str, record_size, original_size, box_xywh) -> bytes:
     example = tf.train.Example.FromString(records.encode_example(image, [box]))
     feature = example.features.feature
     for key in (records.ORIGINAL_WIDTH_KEY, records.ORIGINAL_HEIGHT_KEY):
-        del feature[key]  # written by the converter; absent in older records
+        if key in feature:  # written by the converter; absent in older records
+            del feature[key]
     if original_size:
         feature[records.ORIGINAL_WIDTH_KEY].int64_list.value[:] = [original_size[0]]
         feature[records.ORIGINAL_HEIGHT_KEY].int64_list.value[:] = [original_size[1]]
