@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from tfod.runfolder import RunFolder, read_stop_request, request_stop
+from tfod.runfolder import RunFolder, read_json, read_stop_request, request_stop
 from tfod.train.early_stop import request_if_stale, score_history, should_stop
 
 
@@ -52,14 +52,15 @@ def test_request_is_written_once_with_its_reason(tmp_path):
     assert request_if_stale(run, evaluated, patience=2) is None
     assert read_stop_request(run) is None
     reason = request_if_stale(run, evaluated, patience=1)
-    first = read_stop_request(run)
-    assert first["reason"] == reason and run.stop_request.name == "stop_request.json"
+    first = read_json(run.stop_request)
+    assert read_stop_request(run) == first["reason"] == reason
+    assert run.stop_request.name == "stop_request.json"
     evaluated["ckpt-5"] = {"step": 40, "metrics": {"rsna/score": 0.05}}
     request_if_stale(run, evaluated, patience=1)
-    assert read_stop_request(run) == first  # the first request stands
+    assert read_json(run.stop_request) == first  # the first request stands
 
 
 def test_request_stop_round_trip(tmp_path):
     run = RunFolder(tmp_path / "run").create()
     request_stop(run, "because")
-    assert read_stop_request(run)["reason"] == "because"
+    assert read_stop_request(run) == "because"

@@ -21,13 +21,8 @@ import tfod.compat  # noqa: F401
 from tfod.config import pipeline as configs
 from tfod.runfolder import Checkpoint, RunFolder, list_checkpoints, read_status
 from tfod.train import launch
-from tfod.train.engine import (
-    NAN_MESSAGE,
-    RsnaEvaluator,
-    finite_loss_step,
-    keep_best,
-    steps_per_iteration,
-)
+from tfod.train.evaluator import CompetitionMetricAccumulator, keep_best
+from tfod.train.trainer import NAN_MESSAGE, finite_loss_step, steps_per_iteration
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS, CHECKPOINT_EVERY = 60, 20
@@ -253,9 +248,8 @@ def _eval_dict(keys, shape, gt, n_gt, boxes, scores, n_det):
             "num_detections": np.array(n_det)}
 
 
-def test_rsna_evaluator_scores_eval_dicts_in_original_pixels():
-    evaluator = RsnaEvaluator([{"id": 1, "name": "opacity"}], image_ids={7: "patient-a"},
-                              original_size=(1024, 1024))
+def test_competition_metric_accumulator_scores_eval_dicts_in_original_pixels():
+    evaluator = CompetitionMetricAccumulator(images={7: ("patient-a", (1024, 1024))})
     # image 7: one true box (padded to two rows), detected exactly with score 0.9 plus a 0.2 FP;
     # image 8: no box, one detection at 0.3. Boxes in pixels of a 256 x 256 record image.
     gt = [[[64, 32, 128, 96], [0, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]]]
@@ -268,7 +262,7 @@ def test_rsna_evaluator_scores_eval_dicts_in_original_pixels():
     truth = evaluator.truth["patient-a"]
     np.testing.assert_allclose(truth.boxes, [[128, 256, 256, 256]])  # x, y, w, h at 1024 px
     assert len(evaluator.truth["8"]) == 0 and len(evaluator.detections["8"]) == 1
-    assert evaluator.sink["curve"][0.05] == 0.25  # image 7: 1 TP + 1 FP -> 0.5; image 8: 0
+    assert evaluator.curve[0.05] == 0.25  # image 7: 1 TP + 1 FP -> 0.5; image 8: 0
 
 
 def test_keep_best_copies_the_best_checkpoint_only(tmp_path):

@@ -11,12 +11,13 @@ Layout (``RunFolder`` names every path; nothing else in tfod spells them)::
       eval/                TensorBoard events of the evaluator (COCO metrics, rsna/score)
       eval/evaluated.json  the checkpoints already evaluated, with their metrics
       checkpoint, ckpt-*   the OD API's checkpoints (``ckpt-N``: N counts saves, not steps)
-      best_checkpoint      JSON: the checkpoint with the best rsna/score, its step and score
+      best_checkpoint.json the checkpoint with the best rsna/score, its step and score
       best/ckpt-*          a copy of that checkpoint, kept when the trainer deletes old ones
       predictions/val-step{N}.csv   the evaluator's detections on the eval fold at step N
       predictions/val.csv  those of the best checkpoint (the detections CSV of tfod-evaluate)
       train_status.json    the trainer's state and heartbeat, read by the evaluator
-      stop_request.json    the evaluator's request that the trainer save and stop (early stopping)
+      stop_request.json    asks the trainer to save and stop early (written by the evaluator's
+                           early stopping or by a user), with the reason
 
 Only the standard library is used here (checkpoint steps are read through TensorFlow, imported
 when asked), so the launcher can plan a run without loading TensorFlow.
@@ -83,7 +84,7 @@ class RunFolder:
 
     @property
     def best_checkpoint(self) -> Path:
-        return self.root / "best_checkpoint"
+        return self.root / "best_checkpoint.json"
 
     @property
     def best_dir(self) -> Path:
@@ -161,13 +162,15 @@ def read_status(run: RunFolder) -> dict:
 
 
 def request_stop(run: RunFolder, reason: str) -> None:
-    """Ask the trainer of ``run`` to save and stop (it checks at its next checkpoint)."""
+    """Ask the trainer of ``run`` to save and stop at its next step (it finishes with
+    ``stopped_early`` and the reason; delete ``stop_request.json`` to let a rerun train on)."""
     write_json(run.stop_request, {"reason": reason, "time": time.time(), "pid": os.getpid()})
 
 
-def read_stop_request(run: RunFolder) -> dict | None:
-    """The pending stop request of ``run`` (``reason``, ``time``), or None."""
-    return read_json(run.stop_request, default=None)
+def read_stop_request(run: RunFolder) -> str | None:
+    """The reason of a pending stop request, or None."""
+    request = read_json(run.stop_request)
+    return str(request.get("reason") or "stop requested") if request is not None else None
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -7,7 +7,7 @@
       logs/train.log         one line per evaluation: step, losses, AUCs, ETA
       train/  eval/          TensorBoard events: loss and AUC (eval: the validation fold's)
       best/weights.*         the weights with the best validation AUC
-      best_checkpoint        JSON: that checkpoint, its step and AUC ("score")
+      best_checkpoint.json   that checkpoint, its step and AUC ("score")
       train_status.json      running / finished / nan_loss, with the step
       exported/saved_model/  the best weights as a SavedModel (encoded images -> probability)
       predictions/val_probabilities.csv, metrics/   see :mod:`tfod.classify.evaluate`
@@ -182,7 +182,7 @@ def train(config: ClassifierConfig) -> dict:
     """Train, keep the best weights, export them, evaluate them; the run's summary.
 
     The summary: ``state`` (``finished`` or ``nan_loss``), ``run_dir``, ``best`` (the
-    ``best_checkpoint`` JSON), ``saved_model`` and ``metrics`` (see
+    ``best_checkpoint.json``), ``saved_model`` and ``metrics`` (see
     :func:`tfod.classify.evaluate.evaluate_run`).
     """
     config.check()

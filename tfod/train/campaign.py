@@ -31,7 +31,7 @@ from tfod.runfolder import FINISHED, RunFolder, read_json, read_status
 from tfod.train import cv
 from tfod.train.launch import LaunchError, launch_run
 from tfod.train.launch.common import normalize_gpus
-from tfod.train.launch.local import sigterm_as_interrupt
+from tfod.train.launch.local import stop_signals_as_interrupt
 
 LANES_DIR = "lanes"
 
@@ -170,7 +170,7 @@ def train_lanes(lane_files: Sequence[Path], echo: Callable[[str], None] = print)
     lock = threading.Lock()
     processes, readers = [], []
     try:
-        with sigterm_as_interrupt():
+        with stop_signals_as_interrupt():
             for lane, path in enumerate(lane_files):
                 process = subprocess.Popen(
                     [sys.executable, "-m", "tfod.train.campaign", str(path)],
@@ -244,7 +244,7 @@ def main(argv: Sequence[str]) -> int:
     lane = json.loads(Path(argv[1]).read_text())
     request = ConfigRequest(**lane["request"])
     plan = [FoldRun(**{**item, "run_dir": Path(item["run_dir"])}) for item in lane["plan"]]
-    with sigterm_as_interrupt():
+    with stop_signals_as_interrupt():
         try:
             return train_folds(request, plan, lane["backend"], lane["flags"], lane["options"])
         except KeyboardInterrupt:
