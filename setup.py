@@ -19,6 +19,7 @@ CONSOLE_SCRIPTS = {
     "tfod-config": "tools.make_config",
     "tfod-train": "tools.train",
     "tfod-demo": "tools.demo",
+    "tfod-ensemble": "tools.ensemble",
 }
 
 setup(
