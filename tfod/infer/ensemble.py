@@ -14,9 +14,10 @@ box as an empty entry. All the fusion arithmetic is the library's:
 * ``nmw``      ``non_maximum_weighted``;
 * ``nms``      ``nms``; ``soft_nms``: ``soft_nms`` (``skip_box_thr`` as its ``thresh``).
 
-Weights are passed divided by the largest one: ensemble-boxes' ``wbf``, ``nms`` and
-``soft_nms`` depend only on their ratios, and ``nmw`` multiplies scores by them, so this keeps
-its scores in [0, 1]. Images with no box in any model skip the library call (it would return
+Equal weights are passed as ``None`` (the library's unweighted path: its ``nms`` would
+otherwise divide every score by the number of models); others divided by the largest one:
+``wbf``, ``nms`` and ``soft_nms`` depend only on their ratios, and ``nmw`` multiplies scores by
+them, so this keeps its scores in [0, 1]. Images with no box in any model skip the library call (it would return
 nothing). Many images are split over worker processes (``workers``).
 """
 from __future__ import annotations
@@ -135,7 +136,8 @@ def _call_library(params: FusionParams, n_models: int, boxes, scores, model):
     split = np.searchsorted(model, np.arange(1, n_models))
     boxes_list, scores_list = np.split(boxes, split), np.split(scores, split)
     labels_list = [np.zeros(len(s)) for s in scores_list]
-    weights = np.asarray(params.weights) / max(params.weights)
+    weights = None if len(set(params.weights)) == 1 else (
+        np.asarray(params.weights) / max(params.weights))
     if params.method in ("wbf", "avg"):
         fused, fused_scores, _ = ensemble_boxes.weighted_boxes_fusion(
             boxes_list, scores_list, labels_list, weights=weights, iou_thr=params.iou_thr,
