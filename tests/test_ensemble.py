@@ -216,7 +216,7 @@ def three_kinds(tmp_path_factory, validation):
     folder = tmp_path_factory.mktemp("kinds")
     ids = validation.ids[:300]
     truth = validation.subset(ids)
-    od_api = det.write_detections(noisy_model(truth, 31, 0.9), folder / "od_api.csv")
+    det.write_detections(noisy_model(truth, 31, 0.9), folder / "od_api.csv")
     darknet_model = noisy_model(truth, 32, 0.8)
     corners = box_ops.corners(darknet_model.boxes) + outside.DARKNET_OFFSET
     lines = [f"{darknet_model.ids[i]} {s!r} {' '.join(map(repr, c))}" for i, s, c in

@@ -8,17 +8,17 @@ back to the same image's pixels. Every image of the models comes back, an image 
 box as an empty entry. All the fusion arithmetic is the library's:
 
 * ``wbf``      ``weighted_boxes_fusion`` with ``conf_type`` as given;
-* ``avg``      ``weighted_boxes_fusion`` with ``conf_type='avg'`` always: a fused box's score is
-               the weighted mean of the models' scores, a model without a box there counting 0,
-               the plain score average the reference team used;
+* ``avg``      ``weighted_boxes_fusion`` with ``conf_type='avg'`` always: a fused box's
+               score is the weighted mean of the models' scores, a model without a box there
+               counting 0, the plain score average the reference team used;
 * ``nmw``      ``non_maximum_weighted``;
 * ``nms``      ``nms``; ``soft_nms``: ``soft_nms`` (``skip_box_thr`` as its ``thresh``).
 
 Equal weights are passed as ``None`` (the library's unweighted path: its ``nms`` would
 otherwise divide every score by the number of models); others divided by the largest one:
 ``wbf``, ``nms`` and ``soft_nms`` depend only on their ratios, and ``nmw`` multiplies scores by
-them, so this keeps its scores in [0, 1]. Images with no box in any model skip the library call (it would return
-nothing). Many images are split over worker processes (``workers``).
+them, so this keeps its scores in [0, 1]. Images with no box in any model skip the library
+call (it would return nothing). Many images are split over worker processes (:func:`worker_pool`).
 """
 from __future__ import annotations
 
@@ -123,7 +123,8 @@ def _stack(models: Sequence[Mapping[str, ImageBoxes]], ids: list[str], width, he
         normalized = box_ops.clip_unit(
             box_ops.xywh_to_xyxy(table.boxes, width[image], height[image]))
         parts.append((image, np.full(len(image), m), normalized, table.scores))
-    image, model, normalized, scores = (np.concatenate(column) for column in zip(*parts))
+    image, model, normalized, scores = (np.concatenate(column)
+                                        for column in zip(*parts, strict=True))
     order = np.lexsort((model, image))
     offsets = np.searchsorted(image[order], np.arange(len(ids) + 1))
     return _Stacked(offsets, normalized[order], scores[order], model[order])
@@ -196,14 +197,15 @@ def worker_pool(n_images: int, workers: int | None = None):
 
 
 def fuse(models: Sequence[Mapping[str, ImageBoxes]],
-         sizes: Mapping[str, tuple[int, int]] | None, params: FusionParams = FusionParams(),
+         sizes: Mapping[str, tuple[int, int]] | None, params: FusionParams | None = None,
          pool=None, progress: bool = False) -> BoxTable:
     """The fused detections of ``models`` (see the module docstring) for every image of any.
 
     ``sizes``: ``patientId -> (width, height)`` of each original image (None: 1024 x 1024).
+    ``params``: default :class:`FusionParams` (wbf, equal weights).
     ``pool``: a :func:`worker_pool` to spread the images over (None: this process).
     """
-    params = params.checked(len(models))
+    params = (params or FusionParams()).checked(len(models))
     ids = image_ids(models)
     width, height = size_arrays(ids, sizes)
     stacked = _stack(models, ids, width, height)

@@ -163,7 +163,8 @@ def fit(models: Sequence[Mapping[str, ImageBoxes]], names: Sequence[str],
     ids = ensemble.image_ids(models)
     truth = validation_truth(labels, ids)
     singles = {name: {"given": _given(truth, model, threshold, box_scale),
-                      "fitted": _best(truth, model)} for name, model in zip(names, models)}
+                      "fitted": _best(truth, model)}
+               for name, model in zip(names, models, strict=True)}
     pool = ensemble.worker_pool(len(ids), workers)
     try:
         search = _Search(models, sizes, truth, pool, progress, transform)
@@ -181,7 +182,7 @@ def fit(models: Sequence[Mapping[str, ImageBoxes]], names: Sequence[str],
     chosen, fused = search.best
     fitted = dataclasses.replace(_best(truth, fused, BOX_SCALES), params=chosen.params)
     curves = {"ensemble (fitted)": match(truth, fused, fitted.box_scale).curve(MIN_SCORES)}
-    for name, model in zip(names, models):
+    for name, model in zip(names, models, strict=True):
         curves[name] = match(truth, model, singles[name]["fitted"].box_scale).curve(MIN_SCORES)
     given_scored = dataclasses.replace(_given(truth, as_given, threshold, box_scale),
                                        params=given)

@@ -63,20 +63,20 @@ def _dicom_size(path: Path) -> tuple[int, int]:
         raise BadInput(f"cannot read the DICOM's Rows/Columns ({error})", path) from None
 
 
+def _first(feature, key: str, fallback: str | None = None):
+    values = feature[key] if key in feature else feature[fallback]
+    return (values.bytes_list.value or values.int64_list.value)[0]
+
+
 def _record_sizes(files: list[str]) -> dict[str, tuple[int, int]]:
     import tensorflow as tf
 
     sizes = {}
     for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
         feature = tf.train.Example.FromString(record).features.feature
-
-        def first(key, fallback=None):
-            values = feature[key] if key in feature else feature[fallback]
-            return (values.bytes_list.value or values.int64_list.value)[0]
-
-        patient_id = first("image/source_id").decode()
-        sizes[patient_id] = (int(first("image/original_width", "image/width")),
-                             int(first("image/original_height", "image/height")))
+        patient_id = _first(feature, "image/source_id").decode()
+        sizes[patient_id] = (int(_first(feature, "image/original_width", "image/width")),
+                             int(_first(feature, "image/original_height", "image/height")))
     return sizes
 
 
