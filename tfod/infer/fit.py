@@ -5,7 +5,9 @@ ideally out-of-fold detections that cover every training image once.
 
 The search is pruned so the full RSNA training set fits in minutes on 2 cores:
 
-1. weights: every candidate of :func:`weight_candidates` at the given ``iou_thr``;
+1. weights, one model at a time (coordinate descent) at the given ``iou_thr``: equal weights
+   first, then each model's weight at each of :data:`WEIGHT_STEPS`, the others at their best
+   so far (``1 + 3 * models`` fusions, fewer when a ratio repeats);
 2. ``iou_thr``: each of :data:`IOU_GRID` at the best weights.
 
 Each (weights, ``iou_thr``) pair is fused once; the score threshold (:data:`MIN_SCORES`) and
@@ -34,8 +36,7 @@ from tfod.infer import ensemble
 from tfod.infer.ensemble import FusionParams
 from tfod.scoring.metric import BOX_SCALES, MIN_SCORES, fit_box_scale, match, pack
 
-WEIGHT_LEVELS = (1.0, 2.0, 3.0)
-MAX_WEIGHT_GRID = 40  # more models than the full grid allows: one model raised at a time
+WEIGHT_STEPS = (0.5, 2.0, 3.0)  # a model's weight is tried at these multiples of 1
 IOU_GRID = (0.4, 0.5, 0.6, 0.7)
 COARSE_SCALES = BOX_SCALES[::5]  # 0.70, 0.75, ..., 1.10
 
@@ -86,21 +87,8 @@ def _finite(value: float):
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def weight_candidates(n_models: int) -> list[tuple[float, ...]]:
-    """Equal weights first, then every mix of :data:`WEIGHT_LEVELS` with a new ratio (or, for
-    many models, each model raised to each level alone)."""
-    if len(WEIGHT_LEVELS) ** n_models <= MAX_WEIGHT_GRID:
-        grid = itertools.product(WEIGHT_LEVELS, repeat=n_models)
-    else:
-        grid = ([WEIGHT_LEVELS[0]] * i + [level] + [WEIGHT_LEVELS[0]] * (n_models - i - 1)
-                for level in WEIGHT_LEVELS for i in range(n_models))
-    seen, candidates = set(), []
-    for weights in grid:
-        ratio = tuple(np.round(np.asarray(weights) / min(weights), 6))
-        if ratio not in seen:
-            seen.add(ratio)
-            candidates.append(tuple(float(w) for w in weights))
-    return candidates
+def _ratio(weights) -> tuple[float, ...]:
+    return tuple(np.round(np.asarray(weights, dtype=np.float64) / min(weights), 6))
 
 
 def validation_truth(labels: Mapping[str, ImageBoxes], ids: Sequence[str]) -> BoxTable:
@@ -132,8 +120,13 @@ class _Search:
         self.transform = transform or (lambda fused: fused)
         self.trace: list[dict] = []
         self.best: tuple[Scored, BoxTable] | None = None
+        self.tried: set = set()
 
     def try_params(self, params: FusionParams) -> None:
+        key = (_ratio(params.weights), params.iou_thr)
+        if key in self.tried:
+            return
+        self.tried.add(key)
         start = time.perf_counter()
         fused = self.transform(ensemble.fuse(self.models, self.sizes, params, pool=self.pool))
         found = dataclasses.replace(_best(self.truth, fused), params=params)
@@ -170,8 +163,11 @@ def fit(models: Sequence[Mapping[str, ImageBoxes]], names: Sequence[str],
         search = _Search(models, sizes, truth, pool, progress, transform)
         if progress:
             print(format_header())
-        for weights in weight_candidates(len(models)):
-            search.try_params(dataclasses.replace(given, weights=weights))
+        search.try_params(dataclasses.replace(given, weights=(1.0,) * len(models)))
+        for i, step in itertools.product(range(len(models)), WEIGHT_STEPS):
+            weights = list(search.best[0].params.weights)
+            weights[i] = step
+            search.try_params(dataclasses.replace(given, weights=tuple(weights)))
         best_weights = search.best[0].params.weights
         for iou_thr in (t for t in IOU_GRID if t != given.iou_thr):
             search.try_params(dataclasses.replace(given, weights=best_weights, iou_thr=iou_thr))
