@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import ensemble_boxes
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -132,11 +133,10 @@ def _stack(models: Sequence[Mapping[str, ImageBoxes]], ids: list[str], width, he
 
 def _call_library(params: FusionParams, n_models: int, boxes, scores, model):
     """One image through ensemble-boxes: fused normalized boxes and scores."""
-    import ensemble_boxes
-
-    split = np.searchsorted(model, np.arange(1, n_models))
-    boxes_list, scores_list = np.split(boxes, split), np.split(scores, split)
-    labels_list = [np.zeros(len(s)) for s in scores_list]
+    bounds = np.searchsorted(model, np.arange(n_models + 1))
+    parts = list(zip(bounds[:-1], bounds[1:], strict=True))
+    boxes_list, scores_list = [boxes[a:b] for a, b in parts], [scores[a:b] for a, b in parts]
+    labels_list = [np.zeros(b - a) for a, b in parts]
     weights = None if len(set(params.weights)) == 1 else (
         np.asarray(params.weights) / max(params.weights))
     if params.method in ("wbf", "avg"):

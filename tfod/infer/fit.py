@@ -11,7 +11,7 @@ The search is pruned so the full RSNA training set fits in minutes on 2 cores:
 2. ``iou_thr``: each of :data:`IOU_GRID` at the best weights.
 
 Each (weights, ``iou_thr``) pair is fused once; the score threshold (:data:`MIN_SCORES`) and
-the box scale (every 5th of :data:`BOX_SCALES`) are swept on that fused result, which needs no
+the box scale (every 10th of :data:`BOX_SCALES`) are swept on that fused result, which needs no
 new fusion (one matching serves every threshold). The chosen fusion is then refined on the full
 box-scale grid. Ties keep the earlier candidate: equal weights and the given ``iou_thr`` first.
 
@@ -38,7 +38,7 @@ from tfod.scoring.metric import BOX_SCALES, MIN_SCORES, fit_box_scale, match, pa
 
 WEIGHT_STEPS = (0.5, 2.0, 3.0)  # a model's weight is tried at these multiples of 1
 IOU_GRID = (0.4, 0.5, 0.6, 0.7)
-COARSE_SCALES = BOX_SCALES[::5]  # 0.70, 0.75, ..., 1.10
+COARSE_SCALES = BOX_SCALES[::10]  # 0.70, 0.80, ..., 1.10
 
 
 @dataclass(frozen=True)
