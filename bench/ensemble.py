@@ -2,10 +2,10 @@
 
 The models are noisy detections made from the official labels (``tests/noisy_models.py``,
 seeds 1, 2, 3, qualities 0.9, 0.7, 0.5). Prints the time and images/s of one fusion pass (one
-process and the worker pool), and of the whole fit with its number of fusions, against the
-targets: one pass <= 30 s, the fit <= 5 minutes, on 2 cores.
+process and a pool of 2), and of the whole fit (``--workers`` processes, default 1) with its
+number of fusions, against the targets: one pass <= 30 s, the fit <= 5 minutes, on 2 cores.
 
-    .venv/bin/python bench/ensemble.py [--workers 2]
+    .venv/bin/python bench/ensemble.py [--workers 1]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def timed(function):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="processes of the fit's fusions")
     args = parser.parse_args()
     truth = det.read_labels(LABELS_CSV)
     models = [noisy_model(truth, seed, quality) for seed, quality in ((1, 0.9), (2, 0.7), (3, 0.5))]
@@ -46,15 +46,16 @@ def main():
     one_s, fused = timed(lambda: ensemble.fuse(models, None, FusionParams()))
     print(f"one fusion pass, 1 process:  {one_s:6.1f} s  {images / one_s:8.0f} images/s  "
           f"({det.count_boxes(fused)} fused boxes)")
-    pool = ensemble.worker_pool(images, args.workers)
+    pool = ensemble.worker_pool(2)
     try:
         ensemble.fuse(models, None, FusionParams(), pool=pool)  # the workers start up
         pool_s, _ = timed(lambda: ensemble.fuse(models, None, FusionParams(), pool=pool))
     finally:
         if pool is not None:
             pool.close()
-    print(f"one fusion pass, {args.workers} workers: {pool_s:6.1f} s  {images / pool_s:8.0f} "
-          f"images/s  (target <= {PASS_TARGET_S:.0f} s: {PASS_TARGET_S / pool_s:.1f}x inside)")
+    print(f"one fusion pass, 2 workers:  {pool_s:6.1f} s  {images / pool_s:8.0f} images/s")
+    best_s = min(one_s, pool_s)
+    print(f"target one pass <= {PASS_TARGET_S:.0f} s: {PASS_TARGET_S / best_s:.1f}x inside")
     fit_s, result = timed(lambda: fit.fit(models, ["m1", "m2", "m3"], truth, None,
                                           FusionParams(), workers=args.workers))
     print(fit.format_summary(result))

@@ -72,8 +72,8 @@ _CLASSIFIER_CSV = flags.DEFINE_string("classifier_csv", None, "CSV patientId,pro
                                       "an image-level classifier, for --gate.")
 _GATE = flags.DEFINE_string("gate", None, "multiply (box score x probability) or threshold[:t] "
                             "(drop the boxes of images with probability < t, default 0.5).")
-_WORKERS = flags.DEFINE_integer("workers", None, "Fusion processes (default: 1 for small sets, "
-                                "else 2).", lower_bound=1)
+_WORKERS = flags.DEFINE_integer("workers", 1, "Fusion processes (more pays on idle cores).",
+                                lower_bound=1)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress and the search table.")
 
 

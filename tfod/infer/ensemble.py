@@ -18,7 +18,7 @@ Equal weights are passed as ``None`` (the library's unweighted path: its ``nms``
 otherwise divide every score by the number of models); others divided by the largest one:
 ``wbf``, ``nms`` and ``soft_nms`` depend only on their ratios, and ``nmw`` multiplies scores by
 them, so this keeps its scores in [0, 1]. Images with no box in any model skip the library
-call (it would return nothing). Many images are split over worker processes (:func:`worker_pool`).
+call (it would return nothing). A :func:`worker_pool` can split the images over processes.
 """
 from __future__ import annotations
 
@@ -43,7 +43,6 @@ from tfod.errors import BadInput
 METHODS = ("wbf", "avg", "nmw", "nms", "soft_nms")
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 RSNA_SIZE = (1024, 1024)  # (width, height) of every RSNA image
-PARALLEL_FROM = 4000  # images: below this, worker start-up costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -185,14 +184,13 @@ def _chunks(params: FusionParams, n_models: int, stacked: _Stacked, pieces: int)
                stacked.scores[start:stop], stacked.model[start:stop])
 
 
-def worker_pool(n_images: int, workers: int | None = None):
-    """A process pool for fusing ``n_images`` (None when one process is enough).
+def worker_pool(workers: int = 1):
+    """A process pool of ``workers`` for :func:`fuse` (None for 1: fuse in this process).
 
     Spawned, not forked: the caller may hold TensorFlow, which does not survive a fork.
-    Default: 1 process below :data:`PARALLEL_FROM` images, else up to 2.
+    One process is the default: on a shared 2-core machine the pool measured slower
+    (bench/ensemble.py); it pays on idle cores.
     """
-    if workers is None:
-        workers = 1 if n_images < PARALLEL_FROM else min(2, os.cpu_count() or 1)
     return multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
 
 

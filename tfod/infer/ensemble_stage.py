@@ -65,7 +65,7 @@ class EnsembleRequest:
     classifier_csv: str | None = None
     gate: str | None = None  # 'multiply', 'threshold' or 'threshold:T'
     tta: str = "none"
-    workers: int | None = None
+    workers: int = 1
     progress: bool = True
 
 
@@ -234,7 +234,7 @@ def run_ensemble(request: EnsembleRequest) -> dict:
                        fusions=result.fusions)
     elif request.params_json:
         params, threshold, box_scale = load_params(request.params_json, len(models))
-    pool = ensemble.worker_pool(len(models[0]), request.workers)
+    pool = ensemble.worker_pool(request.workers)
     try:
         fused = ensemble.fuse(models, image_size, params, pool, progress=request.progress)
     finally:

@@ -144,7 +144,7 @@ def fit(models: Sequence[Mapping[str, ImageBoxes]], names: Sequence[str],
         labels: Mapping[str, ImageBoxes], sizes: Mapping[str, tuple[int, int]] | None,
         given: FusionParams, threshold: float = 0.5, box_scale: float = 1.0,
         folds: Mapping[str, int] | None = None, transform: Callable | None = None,
-        workers: int | None = None, progress: bool = False) -> FitResult:
+        workers: int = 1, progress: bool = False) -> FitResult:
     """Search the ensemble of ``models`` that scores best on ``labels`` (see the module doc).
 
     ``given``: the parameters as given (also the method, ``skip_box_thr`` and ``conf_type``
@@ -158,7 +158,7 @@ def fit(models: Sequence[Mapping[str, ImageBoxes]], names: Sequence[str],
     singles = {name: {"given": _given(truth, model, threshold, box_scale),
                       "fitted": _best(truth, model)}
                for name, model in zip(names, models, strict=True)}
-    pool = ensemble.worker_pool(len(ids), workers)
+    pool = ensemble.worker_pool(workers)
     try:
         search = _Search(models, sizes, truth, pool, progress, transform)
         if progress:
