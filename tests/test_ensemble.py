@@ -20,7 +20,7 @@ from tfod import boxes as box_ops
 from tfod import detections as det
 from tfod.detections import BoxTable, ImageBoxes
 from tfod.errors import BadInput
-from tfod.infer import ensemble, fit, outside
+from tfod.infer import ensemble, fit, outside, sizes
 from tfod.infer.ensemble import FusionParams
 from tfod.scoring import metric
 
@@ -173,6 +173,17 @@ def test_darknet_and_mapped_csv_readers(tmp_path):
     with pytest.raises(BadInput, match="row 1: score 'high' is not a number"):
         outside.read_mapped_csv(mapped, {"patientId": "image", "score": "conf", "width": "w",
                                          "height": "h"}, "cxcywh")
+
+
+def test_image_sizes_from_dicoms_and_from_a_sizes_csv(tmp_path):
+    from_dicoms = sizes.sizes_of_inputs(str(SAMPLE_DICOMS))
+    assert len(from_dicoms) == 16 and set(from_dicoms.values()) == {(1024, 1024)}
+    csv = tmp_path / "sizes.csv"
+    csv.write_text(f"patientId,width,height\n{WIDE},600,400\nb,1024,wide\n")
+    with pytest.raises(BadInput, match="row 2: width '1024' and height 'wide'"):
+        sizes.read_image_sizes(csv)
+    csv.write_text(f"patientId,width,height\n{WIDE},600,400\n")
+    assert sizes.read_image_sizes(csv) == {WIDE: (600, 400)}
 
 
 def test_gating_multiplies_or_drops_and_names_missing_images():

@@ -151,6 +151,16 @@ def aligned(models: Sequence[Model]) -> list[BoxTable]:
     return result
 
 
+def unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` with a repeated one numbered (``exported``, ``exported#2``), for the report."""
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        result.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return result
+
+
 def gate_function(request: EnsembleRequest):
     """The classifier gate as a function of detections (None without a classifier)."""
     if not request.classifier_csv:
@@ -222,7 +232,7 @@ def run_ensemble(request: EnsembleRequest) -> dict:
     found = [read_detections_input(p) for p in request.detections]
     found += predicted_models(request)
     found += [outside_model(t, request.csv_mapping, image_size) for t in request.outside]
-    names, models = [m.name for m in found], aligned(found)
+    names, models = unique_names([m.name for m in found]), aligned(found)
     gate = gate_function(request)
     summary = {"models": names, "images": len(models[0])}
     params, threshold, box_scale = request.params, request.threshold, request.box_scale
