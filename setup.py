@@ -20,6 +20,7 @@ CONSOLE_SCRIPTS = {
     "tfod-train": "tools.train",
     "tfod-demo": "tools.demo",
     "tfod-classify": "tools.classify",
+    "tfod-ensemble": "tools.ensemble",
 }
 
 setup(

@@ -7,6 +7,11 @@ Three formats meet in this project, all as float arrays of shape ``(..., 4)``:
 * ``yxyx``  -- normalized to [0, 1]: ``ymin, xmin, ymax, xmax``. The OD API's records,
   tensors and exported models use it.
 * ``xyxy``  -- normalized to [0, 1]: ``x1, y1, x2, y2``. The ensemble-boxes library uses it.
+
+Outside models (Darknet, other CSVs) also give pixel corners ``x1, y1, x2, y2``
+(:func:`from_corners`) and pixel centre plus size ``cx, cy, w, h`` (:func:`from_centres`).
+Functions taking ``width`` and ``height`` accept arrays too (one size per box, broadcast), so
+boxes of many images of different sizes convert in one call.
 """
 
 from __future__ import annotations
@@ -71,6 +76,24 @@ def from_corners(boxes_xyxy) -> np.ndarray:
     """Pixel corners ``x1, y1, x2, y2`` -> pixel ``x, y, w, h``."""
     b = _as_boxes(boxes_xyxy)
     return np.concatenate([b[..., :2], b[..., 2:] - b[..., :2]], axis=-1)
+
+
+def from_centres(boxes_cxcywh) -> np.ndarray:
+    """Pixel centre and size ``cx, cy, w, h`` -> pixel ``x, y, w, h``."""
+    b = _as_boxes(boxes_cxcywh)
+    return np.concatenate([b[..., :2] - b[..., 2:] / 2, b[..., 2:]], axis=-1)
+
+
+def to_pixels(boxes, width, height) -> np.ndarray:
+    """Normalized boxes whose coordinates go ``x, y, x, y`` (``xywh``, corners ``x1, y1, x2,
+    y2`` or ``cx, cy, w, h``) -> the same format in pixels of a ``width`` x ``height`` image."""
+    b = _as_boxes(boxes)
+    return b * np.stack([width, height, width, height], axis=-1)
+
+
+def clip_unit(boxes) -> np.ndarray:
+    """Normalized boxes (any corner order) clipped to [0, 1], as ensemble-boxes expects."""
+    return np.clip(_as_boxes(boxes), 0.0, 1.0)
 
 
 def scale_xywh(boxes, factor: float) -> np.ndarray:
