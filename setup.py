@@ -19,6 +19,8 @@ CONSOLE_SCRIPTS = {
     "tfod-config": "tools.make_config",
     "tfod-train": "tools.train",
     "tfod-demo": "tools.demo",
+    "tfod-export": "tools.export",
+    "tfod-predict": "tools.predict",
 }
 
 setup(
