@@ -1,0 +1,160 @@
+"""tfod-export on a real run: best, latest and ckpt-N exports hold their checkpoint's weights.
+
+One session-scoped run (ssd_mobilenet_v2 at 128 px, batch 2, 20 steps on the converted sample,
+checkpoints at steps 0, 10 and 20, the evaluator scoring 10 and 20) is trained through the
+real trainer and evaluator (``python -m tfod.train``) and exported once with the tool; the
+predict tests reuse both fixtures.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfod.compat  # noqa: F401
+
+# isort: split
+from object_detection.utils import config_util
+
+from tfod.config import pipeline as configs
+from tfod.data.dicom import load_image_8bit
+from tfod.infer import export
+from tfod.infer.model import DETECTION_OUTPUTS
+from tfod.runfolder import RunFolder, read_json
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+NUM_STEPS, CHECKPOINT_EVERY = 20, 10
+# A variable whose value changes with every training step.
+BOX_KERNEL = ("model/_box_predictor/_prediction_heads/box_encodings/0/_box_encoder_layers/0/"
+              "kernel/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def run_tool(tool: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"tools.{tool}", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    """The stderr line of a tool that failed on bad input (exit 2), checked to be the only one
+    from tfod (TensorFlow's own start-up logging aside) and without a traceback."""
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1, done.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def trained_run(converted_sample, tmp_path_factory) -> RunFolder:
+    run = RunFolder(tmp_path_factory.mktemp("predict") / "run").create()
+    configs.build_config("ssd_mobilenet_v2", converted_sample, 0, run.pipeline_config,
+                         image_size=128, batch_size=2, num_steps=NUM_STEPS)
+    for role, extra in (("train", [f"--checkpoint_every={CHECKPOINT_EVERY}", "--log_every=10"]),
+                        ("eval", ["--trainer_timeout=30", "--poll_seconds=1"])):
+        done = subprocess.run([sys.executable, "-m", "tfod.train", role,
+                               f"--pipeline_config={run.pipeline_config}", f"--run_dir={run.root}",
+                               *extra], cwd=REPO, env=ENV, capture_output=True, text=True,
+                              timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def exported_best(trained_run) -> Path:
+    """``tfod-export --run_dir <run>``: the best checkpoint into ``<run>/exported``."""
+    done = run_tool("export", f"--run_dir={trained_run.root}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert str(trained_run.exported) in done.stdout
+    return trained_run.exported
+
+
+def saved_model_holds(saved_model: Path, checkpoint: Path) -> bool:
+    """Whether the SavedModel has a variable equal to ``BOX_KERNEL`` of ``checkpoint``."""
+    wanted = tf.train.load_variable(str(checkpoint), BOX_KERNEL)
+    variables = str(saved_model / "variables" / "variables")
+    return any(shape == list(wanted.shape)
+               and np.array_equal(tf.train.load_variable(variables, name), wanted)
+               for name, shape in tf.train.list_variables(variables))
+
+
+@pytest.mark.slow
+def test_best_latest_and_named_exports_hold_their_checkpoints_weights(
+        trained_run, exported_best, tmp_path):
+    best = read_json(trained_run.best_checkpoint)
+    latest = export.resolve_checkpoint(trained_run, "latest")
+    first = export.resolve_checkpoint(trained_run, "ckpt-1")
+    assert (first.step, latest.step) == (0, NUM_STEPS)
+    assert len({best["checkpoint"], latest.name, first.name}) == 3
+    exports = {best["checkpoint"]: exported_best}
+    for checkpoint in (latest, first):
+        folder = tmp_path / checkpoint.name
+        record = export.export(trained_run.root, checkpoint.name, folder)
+        assert (record["checkpoint"], record["step"]) == (checkpoint.name, checkpoint.step)
+        exports[checkpoint.name] = folder
+    checkpoints = {best["checkpoint"]: trained_run.best_dir / best["checkpoint"],
+                   latest.name: latest.path, first.name: first.path}
+    for name, folder in exports.items():
+        holds = {other: saved_model_holds(folder / "saved_model", path)
+                 for other, path in checkpoints.items()}
+        assert holds == {other: other == name for other in checkpoints}, name
+
+
+@pytest.mark.slow
+def test_saved_model_detects_on_a_real_image(exported_best, sample_dicoms, trained_run):
+    model = tf.saved_model.load(str(exported_best / "saved_model"))
+    image = load_image_8bit(sample_dicoms[0])
+    batch = tf.cast(tf.stack([tf.stack([image] * 3, axis=-1)] * 2), tf.float32)
+    outputs = model.signatures["serving_default"](input_tensor=batch)
+    assert set(DETECTION_OUTPUTS) <= set(outputs)
+    assert outputs["detection_boxes"].shape[:2] == outputs["detection_scores"].shape
+    assert outputs["num_detections"].shape == (2,)  # a batch of two
+    record = json.loads((exported_best / "export.json").read_text())
+    best = read_json(trained_run.best_checkpoint)
+    evaluated = read_json(trained_run.evaluated)[best["checkpoint"]]["metrics"]
+    assert record["checkpoint"] == best["checkpoint"] and record["step"] == best["step"]
+    assert record["rsna/score"] == evaluated["rsna/score"] == best["score"]
+    assert record["rsna/threshold"] == best["threshold"]
+    assert record["image_size"] == {"height": 128, "width": 128}
+    assert record["input_type"] == "float_image_tensor"
+    assert record["versions"]["tensorflow"] == tf.__version__
+    assert set(DETECTION_OUTPUTS) <= set(record["smoke_test"]["outputs"])
+    assert (exported_best / "pipeline.config").is_file()
+
+
+@pytest.mark.slow
+def test_override_changes_the_exported_post_processing(trained_run, tmp_path):
+    key = "model.ssd.post_processing.batch_non_max_suppression.max_total_detections"
+    record = export.export(trained_run.root, "latest", tmp_path / "few", [f"{key}=3"])
+    assert record["smoke_test"]["num_detections"] <= 3
+    written = config_util.get_configs_from_pipeline_file(str(tmp_path / "few/pipeline.config"))
+    assert written["model"].ssd.post_processing.batch_non_max_suppression.max_total_detections == 3
+
+
+@pytest.mark.slow
+def test_best_without_an_evaluator_result_names_checkpoint_latest(trained_run, tmp_path):
+    bare = RunFolder(tmp_path / "bare").create()
+    shutil.copy(trained_run.pipeline_config, bare.pipeline_config)
+    for file in trained_run.root.glob("ckpt-*"):
+        shutil.copy(file, bare.root / file.name)
+    shutil.copy(trained_run.root / "checkpoint", bare.root / "checkpoint")
+    line = one_line_error(run_tool("export", f"--run_dir={bare.root}"))
+    assert "--checkpoint=latest" in line and str(bare.root) in line
+    assert not bare.exported.exists()
+
+
+@pytest.mark.slow
+def test_bad_checkpoint_override_and_folder_are_one_line_errors(trained_run, tmp_path):
+    line = one_line_error(run_tool("export", f"--run_dir={trained_run.root}",
+                                   "--checkpoint=ckpt-99"))
+    assert "ckpt-99 does not exist" in line and "ckpt-3" in line
+    line = one_line_error(run_tool("export", f"--run_dir={trained_run.root}",
+                                   "--config_override=model.ssd.no_such_field=1"))
+    assert "no_such_field" in line
+    line = one_line_error(run_tool("export", f"--run_dir={tmp_path}"))
+    assert "not a run folder" in line
