@@ -206,6 +206,9 @@ def test_tool_writes_detections_skipped_and_submission(trained_run, exported_bes
     assert len(detections.ids) == 16
     assert json.loads(infer.skipped_path(output).read_text()) == []
     assert set(det.read_submission(submission).ids) == set(detections.ids)
+    assert "submission boxes score >= 0.0" in done.stdout
+    record = json.loads((exported_best / "export.json").read_text())
+    assert infer.export_threshold(trained_run.root) == record["rsna/threshold"] is not None
 
 
 @pytest.mark.slow

@@ -24,8 +24,11 @@ _MIN_SCORE = flags.DEFINE_float("min_score", 0.0, "Drop boxes scoring below this
 _TTA = flags.DEFINE_enum("tta", "none", list(predict.TTA_MODES), "Test-time augmentation: "
                          "hflip also predicts the mirrored image and fuses both (WBF).")
 _SUBMISSION = flags.DEFINE_string("submission", None, "Also write a Kaggle submission CSV here.")
-_THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Minimum score of a box in the submission.",
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Minimum score of a box in the submission "
+                                "(default: the evaluator's best threshold for the exported "
+                                "checkpoint, from export.json; else 0.5).",
                                 lower_bound=0.0, upper_bound=1.0)
+FALLBACK_THRESHOLD = 0.5
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (images/s).")
 
 
@@ -35,12 +38,19 @@ def main(argv) -> int:
     detections, skipped = predict.predict(
         _MODEL.value, _INPUT.value, batch_size=_BATCH_SIZE.value, min_score=_MIN_SCORE.value,
         tta=_TTA.value, progress=_PROGRESS.value)
+    threshold = _THRESHOLD.value
+    if threshold is None:
+        threshold = predict.export_threshold(_MODEL.value)
+    if threshold is None:
+        threshold = FALLBACK_THRESHOLD
     written = predict.write_predictions(detections, skipped, _OUTPUT.value, _SUBMISSION.value,
-                                        _THRESHOLD.value)
+                                        threshold)
     print(f"{len(detections)} image(s), {sum(map(len, detections.values()))} box(es)")
     if skipped:
         print(predict.format_skipped(skipped))
     print("written: " + ", ".join(map(str, written)))
+    if _SUBMISSION.value:
+        print(f"submission boxes score >= {threshold}")
     return 0
 
 

@@ -62,12 +62,16 @@ def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequen
     output = Path(output_dir).expanduser().resolve() if output_dir else run.exported
     _check_replaceable(output)
     staging = _fresh(output.with_name(f".{output.name}.incoming"))
-    with tempfile.TemporaryDirectory(prefix="tfod-export-") as folder:
-        exporter_lib_v2.export_inference_graph(
-            INPUT_TYPE, pipeline, str(stage_checkpoint(chosen, Path(folder))), str(staging))
-    record = export_record(run, chosen, pipeline, overrides)
-    record["smoke_test"] = smoke_test(staging, pipeline)
-    write_json(staging / "export.json", record)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tfod-export-") as folder:
+            exporter_lib_v2.export_inference_graph(
+                INPUT_TYPE, pipeline, str(stage_checkpoint(chosen, Path(folder))), str(staging))
+        record = export_record(run, chosen, pipeline, overrides)
+        record["smoke_test"] = smoke_test(staging, pipeline)
+        write_json(staging / "export.json", record)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing behind
+        raise
     _replace(staging, output)
     record["output_dir"] = str(output)
     return record

@@ -34,8 +34,8 @@ from tfod import detections as det
 from tfod.detections import ImageBoxes
 from tfod.errors import BadInput
 from tfod.infer.inputs import LoadedImage, Skipped, find_inputs, load
-from tfod.infer.model import ExportedModel
-from tfod.runfolder import write_json
+from tfod.infer.model import ExportedModel, export_folder
+from tfod.runfolder import read_json, write_json
 
 TTA_MODES = ("none", "hflip")
 TTA_IOU = 0.55  # weighted box fusion: boxes overlapping more than this are one object
@@ -161,6 +161,12 @@ def _progress(total: int | None, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="img", desc="predict", disable=not enabled, smoothing=0.1)
+
+
+def export_threshold(model) -> float | None:
+    """The evaluator's best ``rsna/threshold`` of the exported checkpoint (``export.json``)."""
+    folder = model.folder if isinstance(model, ExportedModel) else export_folder(model)
+    return (read_json(folder / "export.json", default={}) or {}).get("rsna/threshold")
 
 
 def skipped_path(output) -> Path:
