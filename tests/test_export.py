@@ -1,7 +1,8 @@
 """tfod-export on a real run: best, latest and ckpt-N exports hold their checkpoint's weights.
 
 One session-scoped run (ssd_mobilenet_v2 at 128 px, batch 2, 20 steps on the converted sample,
-checkpoints at steps 0, 10 and 20, the evaluator scoring 10 and 20) is trained through the
+checkpoints ckpt-1..4 at steps 0 (no weights yet), 5, 10 and 15, the evaluator scoring
+the last three) is trained through the
 real trainer and evaluator (``python -m tfod.train``) and exported once with the tool; the
 predict tests reuse both fixtures.
 """
@@ -29,7 +30,7 @@ from tfod.runfolder import RunFolder, read_json
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-NUM_STEPS, CHECKPOINT_EVERY = 20, 10
+NUM_STEPS, CHECKPOINT_EVERY = 15, 5
 # A variable whose value changes with every training step.
 BOX_KERNEL = ("model/_box_predictor/_prediction_heads/box_encodings/0/_box_encoder_layers/0/"
               "kernel/.ATTRIBUTES/VARIABLE_VALUE")
@@ -55,7 +56,7 @@ def trained_run(converted_sample, tmp_path_factory) -> RunFolder:
     run = RunFolder(tmp_path_factory.mktemp("predict") / "run").create()
     configs.build_config("ssd_mobilenet_v2", converted_sample, 0, run.pipeline_config,
                          image_size=128, batch_size=2, num_steps=NUM_STEPS)
-    for role, extra in (("train", [f"--checkpoint_every={CHECKPOINT_EVERY}", "--log_every=10"]),
+    for role, extra in (("train", [f"--checkpoint_every={CHECKPOINT_EVERY}", "--log_every=5"]),
                         ("eval", ["--trainer_timeout=30", "--poll_seconds=1"])):
         done = subprocess.run([sys.executable, "-m", "tfod.train", role,
                                f"--pipeline_config={run.pipeline_config}", f"--run_dir={run.root}",
@@ -88,17 +89,18 @@ def test_best_latest_and_named_exports_hold_their_checkpoints_weights(
         trained_run, exported_best, tmp_path):
     best = read_json(trained_run.best_checkpoint)
     latest = export.resolve_checkpoint(trained_run, "latest")
-    first = export.resolve_checkpoint(trained_run, "ckpt-1")
-    assert (first.step, latest.step) == (0, NUM_STEPS)
-    assert len({best["checkpoint"], latest.name, first.name}) == 3
+    assert latest.step == NUM_STEPS
+    named = next(export.resolve_checkpoint(trained_run, name)
+                 for name in ("ckpt-2", "ckpt-3") if name not in (best["checkpoint"], latest.name))
+    assert len({best["checkpoint"], latest.name, named.name}) == 3
     exports = {best["checkpoint"]: exported_best}
-    for checkpoint in (latest, first):
+    for checkpoint in (latest, named):
         folder = tmp_path / checkpoint.name
         record = export.export(trained_run.root, checkpoint.name, folder)
         assert (record["checkpoint"], record["step"]) == (checkpoint.name, checkpoint.step)
         exports[checkpoint.name] = folder
     checkpoints = {best["checkpoint"]: trained_run.best_dir / best["checkpoint"],
-                   latest.name: latest.path, first.name: first.path}
+                   latest.name: latest.path, named.name: named.path}
     for name, folder in exports.items():
         holds = {other: saved_model_holds(folder / "saved_model", path)
                  for other, path in checkpoints.items()}
@@ -153,6 +155,9 @@ def test_bad_checkpoint_override_and_folder_are_one_line_errors(trained_run, tmp
     line = one_line_error(run_tool("export", f"--run_dir={trained_run.root}",
                                    "--checkpoint=ckpt-99"))
     assert "ckpt-99 does not exist" in line and "ckpt-3" in line
+    line = one_line_error(run_tool("export", f"--run_dir={trained_run.root}",
+                                   "--checkpoint=ckpt-1"))
+    assert "ckpt-1 (step 0) holds no model weights" in line
     line = one_line_error(run_tool("export", f"--run_dir={trained_run.root}",
                                    "--config_override=model.ssd.no_such_field=1"))
     assert "no_such_field" in line

@@ -78,7 +78,19 @@ def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequen
 
 
 def resolve_checkpoint(run: RunFolder, which: str) -> Checkpoint:
-    """``best``, ``latest`` or ``ckpt-N`` of ``run`` -> the checkpoint (its files exist)."""
+    """``best``, ``latest`` or ``ckpt-N`` of ``run`` -> the checkpoint, which holds weights."""
+    checkpoint = _find_checkpoint(run, which)
+    import tensorflow as tf
+
+    if not any(name.startswith("model/") for name, _ in tf.train.list_variables(
+            str(checkpoint.path))):
+        raise BadInput(f"checkpoint {checkpoint.name} (step {checkpoint.step}) holds no model "
+                       "weights (the trainer saves one before the model is built): export a "
+                       "later one", run.root)
+    return checkpoint
+
+
+def _find_checkpoint(run: RunFolder, which: str) -> Checkpoint:
     if which == "best":
         best = read_json(run.best_checkpoint)
         if not best:
