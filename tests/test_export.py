@@ -75,6 +75,17 @@ def exported_best(trained_run) -> Path:
     return trained_run.exported
 
 
+MAX_BOXES = "model.ssd.post_processing.batch_non_max_suppression.max_total_detections"
+
+
+@pytest.fixture(scope="session")
+def exported_latest(trained_run, tmp_path_factory) -> Path:
+    """The latest checkpoint exported by the library, with at most 3 boxes per image."""
+    folder = tmp_path_factory.mktemp("latest") / "exported"
+    export.export(trained_run.root, "latest", folder, [f"{MAX_BOXES}=3"])
+    return folder
+
+
 def saved_model_holds(saved_model: Path, checkpoint: Path) -> bool:
     """Whether the SavedModel has a variable equal to ``BOX_KERNEL`` of ``checkpoint``."""
     wanted = tf.train.load_variable(str(checkpoint), BOX_KERNEL)
@@ -86,19 +97,17 @@ def saved_model_holds(saved_model: Path, checkpoint: Path) -> bool:
 
 @pytest.mark.slow
 def test_best_latest_and_named_exports_hold_their_checkpoints_weights(
-        trained_run, exported_best, tmp_path):
+        trained_run, exported_best, exported_latest, tmp_path):
     best = read_json(trained_run.best_checkpoint)
     latest = export.resolve_checkpoint(trained_run, "latest")
     assert latest.step == NUM_STEPS
     named = next(export.resolve_checkpoint(trained_run, name)
                  for name in ("ckpt-2", "ckpt-3") if name not in (best["checkpoint"], latest.name))
     assert len({best["checkpoint"], latest.name, named.name}) == 3
-    exports = {best["checkpoint"]: exported_best}
-    for checkpoint in (latest, named):
-        folder = tmp_path / checkpoint.name
-        record = export.export(trained_run.root, checkpoint.name, folder)
-        assert (record["checkpoint"], record["step"]) == (checkpoint.name, checkpoint.step)
-        exports[checkpoint.name] = folder
+    record = export.export(trained_run.root, named.name, tmp_path / named.name)
+    assert (record["checkpoint"], record["step"]) == (named.name, named.step)
+    exports = {best["checkpoint"]: exported_best, latest.name: exported_latest,
+               named.name: tmp_path / named.name}
     checkpoints = {best["checkpoint"]: trained_run.best_dir / best["checkpoint"],
                    latest.name: latest.path, named.name: named.path}
     for name, folder in exports.items():
@@ -130,11 +139,11 @@ def test_saved_model_detects_on_a_real_image(exported_best, sample_dicoms, train
 
 
 @pytest.mark.slow
-def test_override_changes_the_exported_post_processing(trained_run, tmp_path):
-    key = "model.ssd.post_processing.batch_non_max_suppression.max_total_detections"
-    record = export.export(trained_run.root, "latest", tmp_path / "few", [f"{key}=3"])
+def test_override_changes_the_exported_post_processing(exported_latest):
+    record = json.loads((exported_latest / "export.json").read_text())
+    assert record["overrides"] == [f"{MAX_BOXES}=3"]
     assert record["smoke_test"]["num_detections"] <= 3
-    written = config_util.get_configs_from_pipeline_file(str(tmp_path / "few/pipeline.config"))
+    written = config_util.get_configs_from_pipeline_file(str(exported_latest / "pipeline.config"))
     assert written["model"].ssd.post_processing.batch_non_max_suppression.max_total_detections == 3
 
 

@@ -42,7 +42,8 @@ class Skipped:
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """Pixels of one input (uint8 ``HxW`` or ``HxWx3``) and its original width and height."""
+    """Pixels of one input (uint8 ``HxW``, ``HxWx1`` or ``HxWx3``) and its original width and
+    height."""
 
     patient_id: str
     origin: str
@@ -85,10 +86,12 @@ class RecordInput:
 
 
 def decode_encoded(encoded: bytes) -> np.ndarray:
-    """JPEG or PNG bytes -> uint8 ``HxWx3``, with the OD API's decoder (three channels)."""
+    """JPEG or PNG bytes -> uint8 ``HxWxC`` with the OD API's decoder, in the file's own
+    channels: a grayscale image stays one channel until after the resize (three times less to
+    resize; the OD API's three channels of a grayscale image are copies of one)."""
     import tensorflow as tf
 
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+    return tf.io.decode_image(encoded, channels=0, expand_animations=False).numpy()
 
 
 def load(item: DicomInput | RecordInput) -> LoadedImage | Skipped:
