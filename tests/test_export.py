@@ -75,14 +75,15 @@ def exported_best(trained_run) -> Path:
     return trained_run.exported
 
 
-MAX_BOXES = "model.ssd.post_processing.batch_non_max_suppression.max_total_detections"
+NMS = "model.ssd.post_processing.batch_non_max_suppression"
+FEW_BOXES = [f"{NMS}.max_detections_per_class=3", f"{NMS}.max_total_detections=3"]
 
 
 @pytest.fixture(scope="session")
 def exported_latest(trained_run, tmp_path_factory) -> Path:
     """The latest checkpoint exported by the library, with at most 3 boxes per image."""
     folder = tmp_path_factory.mktemp("latest") / "exported"
-    export.export(trained_run.root, "latest", folder, [f"{MAX_BOXES}=3"])
+    export.export(trained_run.root, "latest", folder, FEW_BOXES)
     return folder
 
 
@@ -141,7 +142,7 @@ def test_saved_model_detects_on_a_real_image(exported_best, sample_dicoms, train
 @pytest.mark.slow
 def test_override_changes_the_exported_post_processing(exported_latest):
     record = json.loads((exported_latest / "export.json").read_text())
-    assert record["overrides"] == [f"{MAX_BOXES}=3"]
+    assert record["overrides"] == FEW_BOXES
     assert record["smoke_test"]["num_detections"] <= 3
     written = config_util.get_configs_from_pipeline_file(str(exported_latest / "pipeline.config"))
     assert written["model"].ssd.post_processing.batch_non_max_suppression.max_total_detections == 3
@@ -170,5 +171,9 @@ def test_bad_checkpoint_override_and_folder_are_one_line_errors(trained_run, tmp
     line = one_line_error(run_tool("export", f"--run_dir={trained_run.root}",
                                    "--config_override=model.ssd.no_such_field=1"))
     assert "no_such_field" in line
+    line = one_line_error(run_tool("export", f"--run_dir={trained_run.root}",
+                                   f"--config_override={NMS}.max_total_detections=3"))
+    assert "cannot build the model with these overrides" in line
+    assert "max_detections_per_class" in line
     line = one_line_error(run_tool("export", f"--run_dir={tmp_path}"))
     assert "not a run folder" in line

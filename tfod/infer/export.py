@@ -52,8 +52,6 @@ def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequen
            ) -> dict:
     """Export ``checkpoint`` of ``run_dir`` to ``output_dir`` (default ``<run_dir>/exported``);
     return the ``export.json`` record (also written into the export folder)."""
-    from object_detection import exporter_lib_v2
-
     run = RunFolder(run_dir)
     if not run.pipeline_config.is_file():
         raise BadInput("not a run folder (no pipeline.config)", run.root)
@@ -64,8 +62,7 @@ def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequen
     staging = _fresh(output.with_name(f".{output.name}.incoming"))
     try:
         with tempfile.TemporaryDirectory(prefix="tfod-export-") as folder:
-            exporter_lib_v2.export_inference_graph(
-                INPUT_TYPE, pipeline, str(stage_checkpoint(chosen, Path(folder))), str(staging))
+            _export_graph(pipeline, stage_checkpoint(chosen, Path(folder)), staging, overrides)
         record = export_record(run, chosen, pipeline, overrides)
         record["smoke_test"] = smoke_test(staging, pipeline)
         write_json(staging / "export.json", record)
@@ -75,6 +72,20 @@ def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequen
     _replace(staging, output)
     record["output_dir"] = str(output)
     return record
+
+
+def _export_graph(pipeline, checkpoint_dir: Path, staging: Path, overrides) -> None:
+    """``export_inference_graph``; a model the overrides made unbuildable is bad input."""
+    from object_detection import exporter_lib_v2
+
+    try:
+        exporter_lib_v2.export_inference_graph(INPUT_TYPE, pipeline, str(checkpoint_dir),
+                                               str(staging))
+    except ValueError as error:
+        if not overrides:
+            raise
+        raise BadInput(f"the OD API cannot build the model with these overrides ({error})",
+                       "--config_override") from error
 
 
 def resolve_checkpoint(run: RunFolder, which: str) -> Checkpoint:
