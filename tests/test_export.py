@@ -51,8 +51,22 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+_BUILT: dict = {}  # test_predict imports the fixtures below and pytest registers them again
+
+
+def once(key: str, build):
+    """``build()`` the first time ``key`` is asked for in this session, then its result."""
+    if key not in _BUILT:
+        _BUILT[key] = build()
+    return _BUILT[key]
+
+
 @pytest.fixture(scope="session")
 def trained_run(converted_sample, tmp_path_factory) -> RunFolder:
+    return once("run", lambda: train_run(converted_sample, tmp_path_factory))
+
+
+def train_run(converted_sample, tmp_path_factory) -> RunFolder:
     run = RunFolder(tmp_path_factory.mktemp("predict") / "run").create()
     configs.build_config("ssd_mobilenet_v2", converted_sample, 0, run.pipeline_config,
                          image_size=128, batch_size=2, num_steps=NUM_STEPS)
@@ -69,6 +83,10 @@ def trained_run(converted_sample, tmp_path_factory) -> RunFolder:
 @pytest.fixture(scope="session")
 def exported_best(trained_run) -> Path:
     """``tfod-export --run_dir <run>``: the best checkpoint into ``<run>/exported``."""
+    return once("best", lambda: export_best(trained_run))
+
+
+def export_best(trained_run) -> Path:
     done = run_tool("export", f"--run_dir={trained_run.root}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert str(trained_run.exported) in done.stdout
