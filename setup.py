@@ -21,6 +21,8 @@ CONSOLE_SCRIPTS = {
     "tfod-demo": "tools.demo",
     "tfod-classify": "tools.classify",
     "tfod-ensemble": "tools.ensemble",
+    "tfod-export": "tools.export",
+    "tfod-predict": "tools.predict",
 }
 
 setup(

@@ -56,6 +56,13 @@ def xyxy_to_yxyx(boxes) -> np.ndarray:
     return _as_boxes(boxes)[..., [1, 0, 3, 2]]
 
 
+def hflip_yxyx(boxes) -> np.ndarray:
+    """Normalized ``ymin, xmin, ymax, xmax`` boxes of a horizontally flipped image -> the same
+    boxes in the unflipped image (the flip is its own inverse)."""
+    b = _as_boxes(boxes)
+    return np.stack([b[..., 0], 1 - b[..., 3], b[..., 2], 1 - b[..., 1]], axis=-1)
+
+
 def xywh_to_xyxy(boxes, width: float, height: float) -> np.ndarray:
     """Pixel ``x, y, w, h`` -> normalized ensemble-boxes ``x1, y1, x2, y2``."""
     return yxyx_to_xyxy(xywh_to_yxyx(boxes, width, height))

@@ -15,6 +15,8 @@ Layout (``RunFolder`` names every path; nothing else in tfod spells them)::
       best/ckpt-*          a copy of that checkpoint, kept when the trainer deletes old ones
       predictions/val-step{N}.csv   the evaluator's detections on the eval fold at step N
       predictions/val.csv  those of the best checkpoint (the detections CSV of tfod-evaluate)
+      exported/            tfod-export's SavedModel folder (saved_model/, pipeline.config,
+                           checkpoint/, export.json: which checkpoint, its score, versions)
       train_status.json    the trainer's state and heartbeat, read by the evaluator
       stop_request.json    asks the trainer to save and stop early (written by the evaluator's
                            early stopping or by a user), with the reason
@@ -97,6 +99,14 @@ class RunFolder:
     def val_detections(self, step: int | None = None) -> Path:
         """The eval fold's detections at ``step``; without a step, the best checkpoint's."""
         return self.predictions / ("val.csv" if step is None else f"val-step{step}.csv")
+
+    @property
+    def exported(self) -> Path:
+        return self.root / "exported"
+
+    @property
+    def export_json(self) -> Path:
+        return self.exported / "export.json"
 
     @property
     def metrics(self) -> Path:

@@ -1,0 +1,231 @@
+"""Export one checkpoint of a run folder as an OD API detection SavedModel.
+
+:func:`export` picks the checkpoint (``best``: the evaluator's best by ``rsna/score``, kept
+in ``best/``; ``latest``; or ``ckpt-N``), applies export-time overrides to the run's
+``pipeline.config`` (post-processing: score threshold, number of boxes) with
+:func:`tfod.config.pipeline.apply_overrides`, and calls the OD API's
+``exporter_lib_v2.export_inference_graph`` unchanged.
+
+* Input signature ``float_image_tensor``: a float32 ``[None, None, None, 3]`` batch. In
+  ``exporter_lib_v2`` the ``image_tensor`` signature is ``[1, None, None, 3]`` (one image per
+  call), and ``encoded_image_string_tensor``/``tf_example`` would make the model decode JPEG
+  or PNG, which DICOMs are not; with floats the host decodes DICOMs as the converter does,
+  resizes them and sends a batch.
+* ``export_inference_graph`` restores the *latest* checkpoint of the folder it is given; the
+  chosen checkpoint is linked into a temporary folder with its own ``checkpoint`` state file,
+  so nothing of the OD API is patched and the run folder is not touched.
+* The export is written to a staging folder, smoke-tested (reloaded and run on one real image
+  of the run's evaluation records) and only then moved to ``output_dir``, with
+  ``export.json``: the checkpoint, its step, its ``rsna/score`` and threshold from the
+  evaluator, the input size, the overrides and the versions.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import tfod.compat  # noqa: F401  (before object_detection)
+from tfod.errors import BadInput
+from tfod.infer.inputs import decode_encoded
+from tfod.infer.model import DETECTION_OUTPUTS, ExportedModel, fixed_input_size
+from tfod.runfolder import (
+    Checkpoint,
+    RunFolder,
+    checkpoint_step,
+    latest_checkpoint,
+    list_checkpoints,
+    read_json,
+    write_json,
+)
+
+INPUT_TYPE = "float_image_tensor"
+CHECKPOINT_NAME = re.compile(r"^ckpt-\d+$")
+
+
+def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequence[str] = (),
+           ) -> dict:
+    """Export ``checkpoint`` of ``run_dir`` to ``output_dir`` (default ``<run_dir>/exported``);
+    return the ``export.json`` record (also written into the export folder)."""
+    run = RunFolder(run_dir)
+    if not run.pipeline_config.is_file():
+        raise BadInput("not a run folder (no pipeline.config)", run.root)
+    chosen = resolve_checkpoint(run, checkpoint)
+    pipeline = export_pipeline(run, overrides)
+    output = Path(output_dir).expanduser().resolve() if output_dir else run.exported
+    _check_replaceable(output)
+    staging = _fresh(output.with_name(f".{output.name}.incoming"))
+    try:
+        with tempfile.TemporaryDirectory(prefix="tfod-export-") as folder:
+            _export_graph(pipeline, stage_checkpoint(chosen, Path(folder)), staging, overrides)
+        record = export_record(run, chosen, pipeline, overrides)
+        record["smoke_test"] = smoke_test(staging, pipeline)
+        write_json(staging / "export.json", record)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing behind
+        raise
+    _replace(staging, output)
+    record["output_dir"] = str(output)
+    return record
+
+
+def _export_graph(pipeline, checkpoint_dir: Path, staging: Path, overrides) -> None:
+    """``export_inference_graph``; a model the overrides made unbuildable is bad input."""
+    from object_detection import exporter_lib_v2
+
+    try:
+        exporter_lib_v2.export_inference_graph(INPUT_TYPE, pipeline, str(checkpoint_dir),
+                                               str(staging))
+    except ValueError as error:
+        if not overrides:
+            raise
+        raise BadInput(f"the OD API cannot build the model with these overrides ({error})",
+                       "--config_override") from error
+
+
+def resolve_checkpoint(run: RunFolder, which: str) -> Checkpoint:
+    """``best``, ``latest`` or ``ckpt-N`` of ``run`` -> the checkpoint, which holds weights."""
+    checkpoint = _find_checkpoint(run, which)
+    import tensorflow as tf
+
+    if not any(name.startswith("model/") for name, _ in tf.train.list_variables(
+            str(checkpoint.path))):
+        raise BadInput(f"checkpoint {checkpoint.name} (step {checkpoint.step}) holds no model "
+                       "weights (the trainer saves one before the model is built): export a "
+                       "later one", run.root)
+    return checkpoint
+
+
+def _find_checkpoint(run: RunFolder, which: str) -> Checkpoint:
+    if which == "best":
+        best = read_json(run.best_checkpoint)
+        if not best:
+            raise BadInput(f"no evaluated best checkpoint ({run.best_checkpoint.name} is missing"
+                           "): the evaluator has not scored a checkpoint of this run; export "
+                           "--checkpoint=latest (or ckpt-N) instead", run.root)
+        path = run.best_dir / best["checkpoint"]
+        if not _exists(path):
+            raise BadInput(f"the best checkpoint {best['checkpoint']} is not in {run.best_dir}",
+                           run.root)
+        return Checkpoint(path, int(best["step"]))
+    if which == "latest":
+        latest = latest_checkpoint(run.root)
+        if latest is None:
+            raise BadInput("no checkpoint in this run folder", run.root)
+        return latest
+    if not CHECKPOINT_NAME.match(which):
+        raise BadInput(f"--checkpoint must be best, latest or ckpt-N, got {which!r}")
+    for path in (run.root / which, run.best_dir / which):
+        if _exists(path):
+            return Checkpoint(path, checkpoint_step(path))
+    available = [c.name for c in list_checkpoints(run.root)]
+    raise BadInput(f"checkpoint {which} does not exist (available: "
+                   f"{', '.join(available) or 'none'}, best, latest)", run.root)
+
+
+def _exists(prefix: Path) -> bool:
+    return prefix.with_name(prefix.name + ".index").is_file()
+
+
+def export_pipeline(run: RunFolder, overrides: Sequence[str]):
+    """The run's pipeline proto with the export-time ``overrides`` applied (strictly)."""
+    from object_detection.utils import config_util
+
+    from tfod.config.pipeline import ConfigError, apply_overrides
+
+    configs = config_util.get_configs_from_pipeline_file(str(run.pipeline_config))
+    try:
+        apply_overrides(configs, overrides)
+    except ConfigError as error:
+        raise BadInput(str(error), "--config_override") from error
+    return config_util.create_pipeline_proto_from_configs(configs)
+
+
+def stage_checkpoint(checkpoint: Checkpoint, folder: Path) -> Path:
+    """Link ``checkpoint``'s files into ``folder`` and make it the folder's latest."""
+    import tensorflow as tf
+
+    for file in checkpoint.path.parent.glob(checkpoint.name + ".*"):
+        (folder / file.name).symlink_to(file.resolve())
+    tf.compat.v1.train.update_checkpoint_state(str(folder), checkpoint.name)
+    return folder
+
+
+def export_record(run: RunFolder, checkpoint: Checkpoint, pipeline, overrides) -> dict:
+    """What ``export.json`` says about the export."""
+    from tfod.train.launch.common import library_versions
+
+    evaluated = (read_json(run.evaluated, default={}) or {}).get(checkpoint.name, {})
+    metrics = evaluated.get("metrics", {})
+    best = read_json(run.best_checkpoint) or {}
+    size = fixed_input_size(pipeline.model)
+    return {
+        "run_dir": str(run.root),
+        "checkpoint": checkpoint.name,
+        "checkpoint_path": str(checkpoint.path),
+        "step": checkpoint.step,
+        "is_best": best.get("checkpoint") == checkpoint.name,
+        "rsna/score": metrics.get("rsna/score"),
+        "rsna/threshold": metrics.get("rsna/threshold"),
+        "input_type": INPUT_TYPE,
+        "image_size": {"height": size[0], "width": size[1]} if size else None,
+        "overrides": list(overrides),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": library_versions(),
+    }
+
+
+def smoke_test(folder: Path, pipeline) -> dict:
+    """Reload the export and run it on the first image of the run's evaluation records."""
+    name, image = _first_record_image(pipeline)
+    model = ExportedModel(folder)
+    outputs = model.raw(model.resize(image)[np.newaxis])
+    missing = [key for key in DETECTION_OUTPUTS if key not in outputs]
+    if missing:
+        raise RuntimeError(f"the exported model's outputs lack {missing}")
+    return {"image": name, "num_detections": int(outputs["num_detections"][0]),
+            "outputs": sorted(outputs)}
+
+
+def _first_record_image(pipeline) -> tuple[str, np.ndarray]:
+    """(source id, pixels) of the first record of the eval (or train) input; a mid-grey
+    image when the records are not on this machine (named so in ``export.json``)."""
+    import tensorflow as tf
+
+    readers = [*pipeline.eval_input_reader, pipeline.train_input_reader]
+    patterns = [p for reader in readers for p in reader.tf_record_input_reader.input_path]
+    files = sorted({file for pattern in patterns for file in tf.io.gfile.glob(pattern)})
+    spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
+            "image/source_id": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    for record in tf.data.TFRecordDataset(files[:1]).take(1):
+        example = tf.io.parse_single_example(record, spec)
+        return (example["image/source_id"].numpy().decode(),
+                decode_encoded(example["image/encoded"].numpy()))
+    return f"synthetic mid-grey (no records match {patterns})", np.full((256, 256, 3), 128,
+                                                                          np.uint8)
+
+
+def _fresh(folder: Path) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _check_replaceable(output: Path) -> None:
+    """An export replaces an earlier export or an empty folder, never another kind of folder."""
+    if output.is_dir() and any(output.iterdir()):
+        if not ((output / "export.json").is_file() or (output / "saved_model").is_dir()):
+            raise BadInput("exists and is not an export folder: not replacing it", output)
+    elif output.exists() and not output.is_dir():
+        raise BadInput("exists and is not a folder", output)
+
+
+def _replace(staging: Path, output: Path) -> None:
+    if output.exists():
+        shutil.rmtree(output)
+    staging.rename(output)

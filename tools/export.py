@@ -1,0 +1,43 @@
+"""tfod-export: export a run's checkpoint as a batchable OD API detection SavedModel.
+
+tfod-export --run_dir runs/ssd_mobilenet_v2-fold0                       # best -> <run>/exported
+tfod-export --run_dir runs/ssd_mobilenet_v2-fold0 --checkpoint latest --output_dir /models/ssd
+tfod-export --run_dir runs/ssd_mobilenet_v2-fold0 --checkpoint ckpt-12 \\
+    --config_override model.ssd.post_processing.batch_non_max_suppression.score_threshold=0.001 \\
+    --config_override model.ssd.post_processing.batch_non_max_suppression.max_total_detections=50
+
+Writes saved_model/, pipeline.config, checkpoint/ and export.json. See docs/predict.md.
+"""
+import json
+
+from absl import flags
+
+from tfod import cli
+from tfod.infer import export
+
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "The run folder to export from.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best (the evaluator's best by "
+                                  "rsna/score), latest, or ckpt-N.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Export folder (default "
+                                  "<run_dir>/exported); an earlier export there is replaced.")
+_CONFIG_OVERRIDE = flags.DEFINE_multi_string(
+    "config_override", [], "Export-time pipeline field, key=value (repeatable), e.g. "
+    "model.ssd.post_processing.batch_non_max_suppression.score_threshold=0.001.")
+
+
+def main(argv) -> int:
+    del argv
+    cli.require(_RUN_DIR)
+    record = export.export(_RUN_DIR.value, _CHECKPOINT.value, _OUTPUT_DIR.value,
+                           _CONFIG_OVERRIDE.value)
+    shown = {key: record[key] for key in ("checkpoint", "step", "rsna/score", "rsna/threshold",
+                                          "image_size", "smoke_test")}
+    print(json.dumps(shown, indent=2))
+    print(f"exported to {record['output_dir']}")
+    return 0
+
+
+run = cli.runner(main)
+
+if __name__ == "__main__":
+    run()
