@@ -76,6 +76,7 @@ class DemoPlan:
     num_steps: int = 1500
     fold: int = -1  # -1: train and evaluate on every image (the 16-image sample)
     num_folds: int = 2
+    max_size: int = 256  # records at the largest model input: faster input, originals recorded
     backend: str = "local"
     gpus: str = ""
 
@@ -182,7 +183,8 @@ def prepare_labels(plan: DemoPlan, runner: StageRunner) -> tuple[Path, Path | No
 
 def convert_stage(plan: DemoPlan, runner: StageRunner, labels: Path, class_info: Path | None):
     args = [f"--dicom_dir={plan.dicom_dir}", f"--labels_csv={labels}",
-            f"--output_dir={plan.converted}", f"--num_folds={plan.num_folds}", "--workers=1"]
+            f"--output_dir={plan.converted}", f"--num_folds={plan.num_folds}", "--workers=1",
+            f"--max_size={plan.max_size}"]
     if class_info:
         args.append(f"--class_info_csv={class_info}")
     runner.run("convert DICOMs to TFRecords", "tfod-convert", args, data=plan.converted)
@@ -226,7 +228,7 @@ def score_stage(plan: DemoPlan, runner: StageRunner, name: str, detections: Path
 
 def ensemble_stage(plan: DemoPlan, runner: StageRunner, labels: Path) -> dict:
     args = [f"--detections={plan.predictions(d)}" for d in plan.detectors]
-    args += ["--fit", f"--labels_csv={labels}", f"--output_dir={plan.ensemble_dir}",
+    args += ["--fit", f"--labels_csv={labels}", f"--fit_dir={plan.ensemble_dir}",
              f"--output={plan.ensemble_dir / 'fused.csv'}", f"--submission={plan.submission}",
              f"--test_ids={plan.output_dir / 'test_ids.csv'}"]
     if plan.fold >= 0:

@@ -52,10 +52,15 @@ def _scores_table(summary: Mapping) -> str:
 
 def _ensemble_block(summary: Mapping) -> str:
     ensemble = summary.get("ensemble") or {}
-    chosen = ensemble.get("params") or ensemble.get("chosen") or {}
+    given, fitted = ensemble.get("given") or {}, ensemble.get("fitted") or {}
+    chosen = {**(fitted.get("params") or {}), "threshold": fitted.get("threshold"),
+              "box_scale": fitted.get("box_scale")}
     items = "".join(f"<li><code>{html.escape(str(k))}</code> = {html.escape(str(v))}</li>"
                     for k, v in chosen.items())
-    return f"<h2>Ensemble (fitted on the same images)</h2><ul>{items}</ul>"
+    return ("<h2>Ensemble</h2><p>Fusion with default parameters, as given: score "
+            f"{_number(given.get('score'))}; with weights, IoU, threshold and box scale fitted on "
+            f"the same images: score {_number(fitted.get('score'))}. Fitted values:</p>"
+            f"<ul>{items}</ul>")
 
 
 def _stages_table(summary: Mapping) -> str:
@@ -73,7 +78,7 @@ def _plots(plan, report: Path, summary: Mapping) -> str:
         folder = plan.metrics_dir(name)
         images = "".join(_image(report, folder / plot, f"{name} {plot}") for plot in PLOTS)
         blocks.append(f"<h3>{html.escape(name)}</h3><div class=plots>{images}</div>")
-    curve = plan.ensemble_dir / "threshold_curve.png"
+    curve = plan.ensemble_dir / "threshold_curves.png"
     if curve.exists():
         blocks.append("<h3>ensemble fit</h3><div class=plots>"
                       + _image(report, curve, "ensemble threshold curve") + "</div>")
