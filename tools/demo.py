@@ -1,6 +1,6 @@
 """tfod-demo: every stage end to end, DICOMs to a scored Kaggle submission (`make demo`).
 
-tfod-demo --output_dir demo_output                       # the bundled 16-image sample, ~10 min
+tfod-demo --output_dir demo_output                       # the bundled 16-image sample
 tfod-demo --output_dir full --dicom_dir stage_2_train_images \\
     --labels_csv stage_2_train_labels.csv --num_folds 5 --fold 0 --num_steps 20000 \\
     --image_size 512 --backend docker --gpus 0            # a full Kaggle download on a GPU host
