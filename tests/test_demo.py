@@ -47,9 +47,9 @@ def demo_run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("demo_output")
     plan = demo.DemoPlan(output_dir=output_dir, dicom_dir=SAMPLE_DICOMS, labels_csv=LABELS_CSV,
                          class_info_csv=CLASS_INFO_CSV)
-    lines = []
-    summary = demo.run_demo(plan, echo=lines.append)
-    return plan, summary, lines
+    printed = []
+    summary = demo.run_demo(plan, echo=printed.append)
+    return plan, summary, "\n".join(printed).splitlines()
 
 
 @pytest.mark.slow
