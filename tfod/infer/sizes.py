@@ -12,13 +12,13 @@ own 600 and 400. The sizes come from (first match wins):
 """
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import pandas as pd
 import pydicom
 
 from tfod.errors import BadInput
+from tfod.infer.inputs import input_files
 
 SIZES_COLUMNS = ["patientId", "width", "height"]
 
@@ -44,15 +44,6 @@ def read_image_sizes(path) -> dict[str, tuple[int, int]]:
             raise BadInput(f"size {size} must be positive", path, row)
         sizes[patient_id.strip()] = size
     return sizes
-
-
-def _dicom_paths(text: str) -> list[Path] | None:
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() == ".dcm")
-    if path.is_file() and path.suffix.lower() not in (".tfrecord", ".record"):
-        return [Path(line.strip()) for line in path.read_text().splitlines() if line.strip()]
-    return None
 
 
 def _dicom_size(path: Path) -> tuple[int, int]:
@@ -82,11 +73,7 @@ def _record_sizes(files: list[str]) -> dict[str, tuple[int, int]]:
 
 def sizes_of_inputs(text: str) -> dict[str, tuple[int, int]]:
     """``patientId -> (width, height)`` of the DICOMs or TFRecords ``text`` names."""
-    paths = _dicom_paths(text)
-    if paths is not None:
-        return {path.stem: _dicom_size(path) for path in paths}
-    files = sorted(glob.glob(str(Path(text).expanduser())))
-    if not files:
-        raise BadInput("matches no file (expected a DICOM folder, a text file of DICOM paths "
-                       "or a TFRecord glob)", text)
-    return _record_sizes(files)
+    kind, found = input_files(text)
+    if kind == "tfrecords":
+        return _record_sizes(found)
+    return {path.stem: _dicom_size(path) for path in found}
