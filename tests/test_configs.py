@@ -252,6 +252,30 @@ def test_image_size_is_set_and_checked(converted_sample):
         configs.build_configs("retinanet_resnet50", converted_sample, 0, image_size=128)
 
 
+def _augmentations(configs_dict) -> list[str]:
+    return [option.WhichOneof("preprocessing_step")
+            for option in configs_dict["train_config"].data_augmentation_options]
+
+
+def test_augmentations_keep_only_the_named_steps_of_the_model(converted_sample):
+    model_own = _augmentations(configs.build_configs("ssd_mobilenet_v2", converted_sample, 0))
+    assert "random_horizontal_flip" in model_own and len(model_own) >= 3
+    flip_only = configs.build_configs("ssd_mobilenet_v2", converted_sample, 0,
+                                      augmentations=["random_horizontal_flip"])
+    assert _augmentations(flip_only) == ["random_horizontal_flip"]
+    for nothing in ([], ["none"]):
+        bare = configs.build_configs("ssd_mobilenet_v2", converted_sample, 0,
+                                     augmentations=nothing)
+        assert _augmentations(bare) == []
+
+
+def test_an_augmentation_the_model_does_not_use_is_refused(converted_sample):
+    with pytest.raises(configs.ConfigError, match="random_rotation90 is not one of the "
+                       "model's: random_horizontal_flip"):
+        configs.build_configs("ssd_mobilenet_v2", converted_sample, 0,
+                              augmentations=["random_rotation90"])
+
+
 def test_unknown_model_is_an_error(converted_sample):
     with pytest.raises(configs.ConfigError, match="unknown model 'yolo'.*ssd_mobilenet_v2"):
         configs.build_configs("yolo", converted_sample, 0)
@@ -451,12 +475,14 @@ def test_tool_lists_models(make_config, capsys):
 def test_the_tool_writes_what_its_config_request_writes(make_config, converted_sample, tmp_path):
     """tfod-config, tfod-train, the demo and the launcher share one request type."""
     args = ["--model=ssd_mobilenet_v2", f"--data_dir={converted_sample}", "--fold=1",
-            "--image_size=128", "--num_steps=40", "--override=train_config.max_number_of_boxes=7"]
+            "--image_size=128", "--num_steps=40", "--override=train_config.max_number_of_boxes=7",
+            "--augmentations=random_horizontal_flip"]
     assert _run_tool(make_config, *args, f"--output={tmp_path / 'tool.config'}") == 0
     request = make_config.CONFIG.request()
     assert request == configs.ConfigRequest(
         model="ssd_mobilenet_v2", data_dir=str(converted_sample), fold=1, image_size=128,
-        num_steps=40, overrides=("train_config.max_number_of_boxes=7",))
+        num_steps=40, overrides=("train_config.max_number_of_boxes=7",),
+        augmentations=("random_horizontal_flip",))
     written = request.write(tmp_path / "request.config")
     assert written.read_text() == (tmp_path / "tool.config").read_text()
     copied = configs.ConfigRequest(pipeline_config=str(written)).write(tmp_path / "run")

@@ -15,11 +15,10 @@ from conftest import CLASS_INFO_CSV, LABELS_CSV, SAMPLE_DICOMS
 from tfod import demo
 from tfod.errors import BadInput
 
-# The targets: submission >= 0.30, each single exported model >= 0.25. Measured here
-# (2 cores): 0.90 for the submission, 0.88 and 0.40 for the two models; the weaker model has also
-# come out at 0.20 in earlier recipes, so each single model is held to a floor that a transposed,
-# mis-scaled or shifted box cannot reach (those score near 0), and the best one to the target.
-SUBMISSION_TARGET, SINGLE_MODEL_TARGET, SINGLE_MODEL_FLOOR = 0.30, 0.25, 0.15
+# The targets: the submission >= 0.30 and each single exported model >= 0.25. Measured
+# here (2 cores, the default plan) over six trainings: 0.48 to 0.98 at the evaluator; a box
+# transposed, mis-scaled or shifted at any stage scores near 0.
+SUBMISSION_TARGET, SINGLE_MODEL_TARGET = 0.30, 0.25
 
 
 def test_rows_of_present_patients_keeps_every_row_of_the_sample(tmp_path, sample_dicoms):
@@ -42,6 +41,22 @@ def test_the_submission_ids_are_every_dicom(tmp_path, sample_dicoms):
     assert sorted(ids["patientId"]) == sorted(path.stem for path in sample_dicoms)
 
 
+def test_the_second_detector_is_four_fifths_of_the_first_on_a_32_pixel_grid():
+    assert [d.image_size for d in demo.detector_pair(160)] == [160, 128]
+    assert [d.image_size for d in demo.detector_pair(512)] == [512, 384]
+    assert demo.detector_pair(32)[1].image_size == 32
+
+
+def test_the_sample_plan_keeps_the_flip_and_records_at_the_largest_input(tmp_path):
+    sample = demo.DemoPlan(output_dir=tmp_path)
+    assert sample.augmentations == ("random_horizontal_flip",)
+    assert sample.record_size == max(d.image_size for d in sample.detectors)
+    held_out = demo.DemoPlan(output_dir=tmp_path, fold=0, detectors=demo.detector_pair(512))
+    assert held_out.augmentations is None  # the model's own when a fold is held out
+    assert held_out.record_size == 512
+    assert demo.DemoPlan(output_dir=tmp_path, max_size=1024).record_size == 1024
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("demo_output")
@@ -57,7 +72,7 @@ def test_the_demo_finds_the_opacities_through_every_stage(demo_run):
     plan, summary, _ = demo_run
     scores = summary["scores"]
     singles = [scores[detector.name]["score"] for detector in plan.detectors]
-    assert min(singles) >= SINGLE_MODEL_FLOOR and max(singles) >= SINGLE_MODEL_TARGET, singles
+    assert min(singles) >= SINGLE_MODEL_TARGET, singles
     assert scores["submission"]["score"] >= SUBMISSION_TARGET
     on_disk = json.loads((plan.metrics_dir("submission") / "metrics.json").read_text())
     assert on_disk["score"] == scores["submission"]["score"]
@@ -79,6 +94,9 @@ def test_the_demo_leaves_every_artifact(demo_run):
                  "tfod-evaluate"):
         assert any(command.startswith(tool) for command in commands), tool
         assert any(line.startswith(f"$ {tool}") for line in lines), tool
+    trains = [command for command in commands if command.startswith("tfod-train")]
+    assert len(trains) == 2 and all("--augmentations=random_horizontal_flip" in command
+                                    for command in trains)
     assert all(stage["seconds"] >= 0 for stage in summary["stages"])
 
 

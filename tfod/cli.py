@@ -144,13 +144,15 @@ class ConfigFlags:
             model=self.model, data_dir=self.data_dir, fold=self.fold,
             image_size=self.image_size, batch_size=self.batch_size, num_steps=self.num_steps,
             learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
-            overrides=tuple(self.override), pipeline_config=self.values().get("pipeline_config"))
+            overrides=tuple(self.override), pipeline_config=self.values().get("pipeline_config"),
+            augmentations=None if self.augmentations is None else tuple(self.augmentations))
 
 
 def define_config_flags(models: Sequence[str], pipeline_config: bool = False) -> ConfigFlags:
     """Define the flags of a config request (``--model --data_dir --fold --image_size
     --batch_size --num_steps --learning_rate --fine_tune_checkpoint --override
-    --list_models``, and ``--pipeline_config`` when asked) once, for every tool that builds one.
+    --augmentations --list_models``, and ``--pipeline_config`` when asked) once, for every
+    tool that builds one.
     """
     holders = {
         "model": flags.DEFINE_enum("model", None, list(models), "Model to configure."),
@@ -170,6 +172,9 @@ def define_config_flags(models: Sequence[str], pipeline_config: bool = False) ->
         "override": flags.DEFINE_multi_string(
             "override", [], "key=value of any pipeline proto field (repeatable), e.g. "
             "train_config.optimizer.momentum_optimizer.momentum_optimizer_value=0.8"),
+        "augmentations": flags.DEFINE_list(
+            "augmentations", None, "Keep only these of the model's data augmentation steps "
+            "(e.g. random_horizontal_flip); 'none' keeps none; default: all of the model's."),
         "list_models": flags.DEFINE_bool("list_models", False,
                                          "Print the models and their defaults."),
     }

@@ -26,7 +26,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "An existing tfod-convert fold
 _NUM_STEPS = flags.DEFINE_integer("num_steps", demo.DemoPlan.num_steps,
                                   "Training steps of each detector.", lower_bound=1)
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", demo.DEFAULT_DETECTORS[0].image_size,
-                                   "Input size of the first detector; the second uses 3/4 of it.",
+                                   "Input size of the first detector; the second uses 4/5 of it.",
                                    lower_bound=32)
 _NUM_FOLDS = flags.DEFINE_integer("num_folds", demo.DemoPlan.num_folds,
                                   "Patient-level folds of the conversion.", lower_bound=1)
@@ -37,13 +37,6 @@ _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "docker"], "Where tra
 _GPUS = flags.DEFINE_string("gpus", "", "Trainer GPUs ('0', '0,1', 'all'); empty for CPU.")
 
 
-def detectors() -> tuple:
-    first = demo.DEFAULT_DETECTORS[0]
-    size = _IMAGE_SIZE.value
-    return (demo.Detector(first.model, size),
-            demo.Detector(first.model, max(32, (size * 3 // 4) // 32 * 32)))
-
-
 def main(argv):
     del argv
     plan = demo.DemoPlan(
@@ -51,8 +44,8 @@ def main(argv):
         labels_csv=Path(_LABELS_CSV.value).resolve(),
         class_info_csv=Path(_CLASS_INFO_CSV.value).resolve() if _CLASS_INFO_CSV.value else None,
         data_dir=Path(_DATA_DIR.value).resolve() if _DATA_DIR.value else None,
-        detectors=detectors(), num_steps=_NUM_STEPS.value, num_folds=_NUM_FOLDS.value,
-        fold=_FOLD.value, backend=_BACKEND.value, gpus=_GPUS.value)
+        detectors=demo.detector_pair(_IMAGE_SIZE.value), num_steps=_NUM_STEPS.value,
+        num_folds=_NUM_FOLDS.value, fold=_FOLD.value, backend=_BACKEND.value, gpus=_GPUS.value)
     demo.run_demo(plan)
     return 0
 

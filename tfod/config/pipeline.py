@@ -565,6 +565,25 @@ def _set_input_reader(reader, label_map: Path, patterns: list[str]) -> None:
     records.input_path.extend(patterns)
 
 
+def keep_augmentations(train_config, names: Sequence[str]) -> None:
+    """Keep only the data augmentation steps named in ``names`` (each with the model's own
+    settings, in the model's order); an empty ``names`` or ``["none"]`` keeps none.
+
+    Why: a short run that must learn a few images (the demo, a smoke test) learns them far
+    sooner without random crops and colour jitter; a name the model does not use is refused,
+    since the OD API would take any step name and silently train without it.
+    """
+    wanted = set(names) - {"none"}
+    options = list(train_config.data_augmentation_options)
+    present = [option.WhichOneof("preprocessing_step") for option in options]
+    if unknown := sorted(wanted - set(present)):
+        raise ConfigError(f"augmentation {', '.join(unknown)} is not one of the model's: "
+                          f"{', '.join(present) or 'none'}")
+    del train_config.data_augmentation_options[:]
+    train_config.data_augmentation_options.extend(
+        option for option, name in zip(options, present, strict=True) if name in wanted)
+
+
 def _set_checkpoint(train_config, checkpoint: str | os.PathLike | None) -> None:
     if checkpoint is None:
         train_config.ClearField("fine_tune_checkpoint")
@@ -621,12 +640,14 @@ def build_configs(
     learning_rate: float | None = None,
     fine_tune_checkpoint: str | os.PathLike | None = None,
     overrides: Iterable = (),
+    augmentations: Sequence[str] | None = None,
 ) -> dict:
     """The configs dict (``config_util``'s) of ``model`` for ``fold`` of a converted folder.
 
     Order: base config, data paths and ``num_classes`` from the label map, image size,
     batch size (the learning rate scales linearly with it unless ``learning_rate`` is given),
-    steps (warm-up and boundaries scale with them), fine-tune checkpoint, then overrides.
+    steps (warm-up and boundaries scale with them), fine-tune checkpoint, the augmentation
+    steps kept (``None``: the model's own), then overrides.
     """
     spec = get_spec(model)
     configs = load_base_configs(model)
@@ -652,6 +673,8 @@ def build_configs(
     if num_steps is not None:
         scale_schedule(train_config, _positive("num_steps", num_steps))
     _set_checkpoint(train_config, fine_tune_checkpoint)
+    if augmentations is not None:
+        keep_augmentations(train_config, augmentations)
     apply_overrides(configs, overrides)
     _validate(configs, spec, num_classes)
     return configs
@@ -755,6 +778,7 @@ class ConfigRequest:
     fine_tune_checkpoint: str | None = None
     overrides: Sequence[str] = dataclasses.field(default_factory=tuple)
     pipeline_config: str | None = None
+    augmentations: Sequence[str] | None = None  # None: the model's own
 
     def __post_init__(self):
         if bool(self.model) == bool(self.pipeline_config):
@@ -780,4 +804,5 @@ class ConfigRequest:
             batch_size=self.batch_size, num_steps=self.num_steps,
             learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
             overrides=tuple(self.overrides),
+            augmentations=None if self.augmentations is None else tuple(self.augmentations),
         )
