@@ -13,14 +13,14 @@ shards, manifest):
 
 and prints images/s and the ratios (targets on 2 cores: passthrough with verification
 >= 500 images/s and >= 5x the baseline; the PNG path >= 10x the 9 images/s it ran at with
-Pillow's default PNG encoding, before ``tfod.data.dicom.PNG_OPTIONS``). The cores may be shared with
-other work: each passthrough setting runs ``--repeats`` times, alternating, and the best run
+Pillow's default PNG encoding, before ``tfod.data.dicom.PNG_OPTIONS``). The cores may be shared
+with other work: each passthrough setting runs ``--repeats`` times, alternating, and the best run
 counts.
 
 It first prints the CPU time per image of the frame check and of PNG encoding (level 1 against
 level 6) with what 2 free cores would give: wall-clock rates on busy shared cores say little.
 
-    .venv/bin/python bench/convert.py [--num_images 3000] [--baseline_images 64] [--repeats 3]
+    .venv/bin/python bench/convert.py [--num_images 3000] [--baseline_images 256] [--repeats 3]
                                       [--cpu_only]
 """
 from __future__ import annotations
@@ -126,7 +126,7 @@ def pillow_png(image) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num_images", type=int, default=3000)
-    parser.add_argument("--baseline_images", type=int, default=64,
+    parser.add_argument("--baseline_images", type=int, default=256,
                         help="the slow PNG conversions convert only this many")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each passthrough setting")
     parser.add_argument("--cpu_only", action="store_true",
