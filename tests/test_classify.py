@@ -295,3 +295,18 @@ def test_gating_through_the_ensemble_stage(sample_truth, tmp_path):
     assert sorted(gated) == sorted(detections)
     assert (competition_score(sample_truth, gated, min_score=0.5)
             > competition_score(sample_truth, detections, min_score=0.5) + 0.3)
+
+
+def test_input_is_read_by_the_rule_predict_uses(tmp_path):
+    """A DICOM list with comments and relative paths, as tfod-predict reads it."""
+    first, second = sorted(SAMPLE_DICOMS.glob("*.dcm"))[:2]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two of the sample\n{os.path.relpath(first, tmp_path)}\n\n"
+                       f"{second}  # absolute\n")
+    skipped = []
+    ids = [patient_id for patient_id, _ in predict.input_images(listing, skipped)]
+    assert ids == [first.stem, second.stem] and skipped == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BadInput, match="holds no .dcm files"):
+        predict.input_images(empty, [])

@@ -27,6 +27,7 @@ from tfod.classify import data
 from tfod.classify.model import load_saved_model
 from tfod.classify.runpaths import is_run_folder, saved_model_path
 from tfod.data.dicom import DicomError, prepare_image
+from tfod.data.input_files import input_files
 from tfod.errors import BadInput
 from tfod.runfolder import RunFolder
 
@@ -54,11 +55,6 @@ def skipped_path(output) -> Path:
     return output.with_name(f"{output.stem}.skipped.json")
 
 
-def _dicom_list(path: Path) -> list[Path]:
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return [path.parent / line for line in lines if line and not line.startswith("#")]
-
-
 def _dicom_images(paths: list[Path], skipped: list[dict]) -> Iterator[tuple[str, bytes]]:
     for path in tqdm(paths, desc="classify", unit="image", disable=len(paths) < 100):
         try:
@@ -70,19 +66,12 @@ def _dicom_images(paths: list[Path], skipped: list[dict]) -> Iterator[tuple[str,
 
 
 def input_images(spec, skipped: list[dict]) -> Iterator[tuple[str, bytes]]:
-    """``(patientId, encoded image)`` per input of ``spec`` (see the module docstring);
-    unreadable DICOMs are appended to ``skipped``."""
-    path = Path(spec)
-    if path.is_dir():
-        dicoms = sorted(p for p in path.iterdir() if p.suffix.lower() == ".dcm")
-        if not dicoms:
-            raise BadInput("folder holds no .dcm file", spec)
-        return _dicom_images(dicoms, skipped)
-    if path.is_file() and not path.name.endswith(".tfrecord"):
-        return _dicom_images(_dicom_list(path), skipped)
-    if not tf.io.gfile.glob(str(spec)):
-        raise BadInput("--input is no DICOM folder, DICOM list or TFRecord file/glob", spec)
-    return ((patient_id, encoded) for patient_id, encoded, _ in data.read_examples([str(spec)]))
+    """``(patientId, encoded image)`` per input of ``spec`` (what ``--input`` names:
+    :func:`tfod.data.input_files.input_files`); unreadable DICOMs are appended to ``skipped``."""
+    kind, found = input_files(str(spec))
+    if kind == "tfrecords":
+        return ((patient_id, encoded) for patient_id, encoded, _ in data.read_examples(found))
+    return _dicom_images(found, skipped)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:

@@ -16,7 +16,6 @@ record's image size in records written before those keys existed.
 """
 from __future__ import annotations
 
-import glob
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tfod.data import dicom
-from tfod.errors import BadInput
-
-RECORD_SUFFIXES = (".tfrecord", ".record")
-GLOB_CHARACTERS = frozenset("*?[")
+from tfod.data.input_files import input_files
 
 
 @dataclass(frozen=True)
@@ -115,50 +111,12 @@ class Inputs(NamedTuple):
     kind: str  # 'dicom folder', 'dicom list' or 'tfrecords'
 
 
-def input_files(text: str) -> tuple[str, list]:
-    """What ``--input`` names: its kind ('dicom folder', 'dicom list' or 'tfrecords') and its
-    DICOM paths or record files. The one rule for every stage that takes such an input."""
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return "dicom folder", _folder_dicoms(path)
-    is_records = path.suffix in RECORD_SUFFIXES or GLOB_CHARACTERS & set(text)
-    if path.is_file() and not is_records:
-        return "dicom list", _listed_dicoms(path)
-    files = sorted(glob.glob(str(path)))
-    if not files:
-        raise BadInput("matches no file (expected a DICOM folder, a text file of DICOM paths "
-                       "or a TFRecord glob)", text)
-    return "tfrecords", files
-
-
 def find_inputs(text: str) -> Inputs:
     """A DICOM folder, a text file of DICOM paths, or a TFRecord glob -> :class:`Inputs`."""
     kind, found = input_files(text)
     if kind == "tfrecords":
         return Inputs(_records(found), None, kind)
     return Inputs(iter([DicomInput(path) for path in found]), len(found), kind)
-
-
-def _folder_dicoms(folder: Path) -> list[Path]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
-    if not paths:
-        hint = " (for TFRecords give a glob: DIR/*.tfrecord)" if any(
-            folder.glob("*.tfrecord")) else ""
-        raise BadInput(f"holds no .dcm files{hint}", folder)
-    return paths
-
-
-def _listed_dicoms(list_file: Path) -> list[Path]:
-    """One DICOM path per line (relative paths from the list's folder; ``#`` comments)."""
-    try:
-        lines = list_file.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise BadInput(f"cannot read the list of DICOM paths ({error})", list_file) from error
-    names = [line.split("#")[0].strip() for line in lines]
-    paths = [list_file.parent / name for name in names if name]
-    if not paths:
-        raise BadInput("lists no DICOM path", list_file)
-    return paths
 
 
 def _records(files: list[str]) -> Iterator[RecordInput | Skipped]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 
+from tfod.data.input_files import input_files
 from tfod.errors import BadInput
-from tfod.infer.inputs import input_files
 
 SIZES_COLUMNS = ["patientId", "width", "height"]
 

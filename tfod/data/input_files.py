@@ -1,0 +1,51 @@
+"""What an ``--input`` flag names: a DICOM folder, a text file of DICOM paths, or a TFRecord
+glob. One rule for every stage that reads images to predict (detections, image sizes for the
+ensemble, the classifier's probabilities), so the same ``--input`` means the same images to each.
+"""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from tfod.errors import BadInput
+
+RECORD_SUFFIXES = (".tfrecord", ".record")
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+def input_files(text: str) -> tuple[str, list]:
+    """What ``--input`` names: its kind ('dicom folder', 'dicom list' or 'tfrecords') and its
+    DICOM paths or record files. The one rule for every stage that takes such an input."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return "dicom folder", _folder_dicoms(path)
+    is_records = path.suffix in RECORD_SUFFIXES or GLOB_CHARACTERS & set(text)
+    if path.is_file() and not is_records:
+        return "dicom list", _listed_dicoms(path)
+    files = sorted(glob.glob(str(path)))
+    if not files:
+        raise BadInput("matches no file (expected a DICOM folder, a text file of DICOM paths "
+                       "or a TFRecord glob)", text)
+    return "tfrecords", files
+
+
+def _folder_dicoms(folder: Path) -> list[Path]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
+    if not paths:
+        hint = " (for TFRecords give a glob: DIR/*.tfrecord)" if any(
+            folder.glob("*.tfrecord")) else ""
+        raise BadInput(f"holds no .dcm files{hint}", folder)
+    return paths
+
+
+def _listed_dicoms(list_file: Path) -> list[Path]:
+    """One DICOM path per line (relative paths from the list's folder; ``#`` comments)."""
+    try:
+        lines = list_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInput(f"cannot read the list of DICOM paths ({error})", list_file) from error
+    names = [line.split("#")[0].strip() for line in lines]
+    paths = [list_file.parent / name for name in names if name]
+    if not paths:
+        raise BadInput("lists no DICOM path", list_file)
+    return paths
