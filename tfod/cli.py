@@ -144,8 +144,8 @@ class ConfigFlags:
             model=self.model, data_dir=self.data_dir, fold=self.fold,
             image_size=self.image_size, batch_size=self.batch_size, num_steps=self.num_steps,
             learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
-            overrides=tuple(self.override), pipeline_config=self.values().get("pipeline_config"),
-            augmentations=None if self.augmentations is None else tuple(self.augmentations))
+            overrides=self.override, pipeline_config=self.values().get("pipeline_config"),
+            augmentations=self.augmentations)
 
 
 def define_config_flags(models: Sequence[str], pipeline_config: bool = False) -> ConfigFlags:

@@ -781,6 +781,9 @@ class ConfigRequest:
     augmentations: Sequence[str] | None = None  # None: the model's own
 
     def __post_init__(self):
+        self.overrides = tuple(self.overrides)  # flags and JSON give lists: one form to compare
+        if self.augmentations is not None:
+            self.augmentations = tuple(self.augmentations)
         if bool(self.model) == bool(self.pipeline_config):
             raise ConfigError("give either --model (with --data_dir and --fold) or "
                               "--pipeline_config")
@@ -803,6 +806,5 @@ class ConfigRequest:
             self.model, self.data_dir, self.fold, output, image_size=self.image_size,
             batch_size=self.batch_size, num_steps=self.num_steps,
             learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
-            overrides=tuple(self.overrides),
-            augmentations=None if self.augmentations is None else tuple(self.augmentations),
+            overrides=self.overrides, augmentations=self.augmentations,
         )
