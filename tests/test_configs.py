@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,9 @@ import tensorflow as tf
 from absl import flags
 
 from tfod import cli
+from tfod.config import ConfigError, overrides, registry
 from tfod.config import pipeline as configs
+from tfod.config.request import ConfigRequest
 from tfod.data import records
 from tfod.errors import BadInput
 
@@ -18,6 +22,7 @@ from object_detection.builders import model_builder
 from object_detection.protos import pipeline_pb2, train_pb2
 from object_detection.utils import config_util
 
+REPO = Path(__file__).resolve().parents[1]
 MOMENTUM = "train_config.optimizer.momentum_optimizer.momentum_optimizer_value"
 
 
@@ -44,15 +49,15 @@ def five_folds(tmp_path_factory) -> Path:
 
 
 def _base_pipeline(model: str) -> pipeline_pb2.TrainEvalPipelineConfig:
-    return config_util.create_pipeline_proto_from_configs(configs.load_base_configs(model))
+    return config_util.create_pipeline_proto_from_configs(registry.load_base_configs(model))
 
 
 # ---------------------------------------------------------------- base configs
 
 
-@pytest.mark.parametrize("model", list(configs.REGISTRY))
+@pytest.mark.parametrize("model", list(registry.REGISTRY))
 def test_base_config_is_tuned_for_rsna(model):
-    base = configs.load_base_configs(model)
+    base = registry.load_base_configs(model)
     meta = getattr(base["model"], base["model"].WhichOneof("model"))
     assert config_util.get_number_of_classes(base["model"]) == 1
     nms = (meta.second_stage_post_processing if hasattr(meta, "second_stage_post_processing")
@@ -71,23 +76,23 @@ def test_base_config_is_tuned_for_rsna(model):
 
 
 def test_list_models_reads_defaults_from_the_base_configs():
-    listed = {spec.name: defaults for spec, defaults in configs.list_models()}
-    assert list(listed) == list(configs.REGISTRY)
-    ssd = configs.load_base_configs("ssd_mobilenet_v2")
+    listed = {spec.name: defaults for spec, defaults in registry.list_models()}
+    assert list(listed) == list(registry.REGISTRY)
+    ssd = registry.load_base_configs("ssd_mobilenet_v2")
     assert listed["ssd_mobilenet_v2"].batch_size == ssd["train_config"].batch_size
     assert listed["ssd_mobilenet_v2"].image_size == (
         ssd["model"].ssd.image_resizer.fixed_shape_resizer.height)
-    table = configs.format_model_table()
-    assert all(name in table for name in configs.REGISTRY)
+    table = registry.format_model_table()
+    assert all(name in table for name in registry.REGISTRY)
     assert "3.125e-05" in table  # the hourglass learning rate, as written in its config
 
 
 # ---------------------------------------------------------------- every model builds
 
 
-@pytest.mark.parametrize("model", list(configs.REGISTRY))
+@pytest.mark.parametrize("model", list(registry.REGISTRY))
 def test_every_model_config_reads_back_and_builds(model, converted_sample, tmp_path):
-    size = configs.REGISTRY[model].min_image_size
+    size = registry.REGISTRY[model].min_image_size
     path = configs.build_config(model, converted_sample, 0, tmp_path / "pipeline.config",
                                 image_size=size, batch_size=1, num_steps=10)
     read = config_util.get_configs_from_pipeline_file(str(path))
@@ -172,15 +177,15 @@ def test_fold_numbers_are_not_confused_by_prefixes(tmp_path):
 @pytest.mark.parametrize("fold, message", [(7, "no records for fold 7"),
                                            (-2, "no records for fold -2")])
 def test_missing_fold_is_an_error(five_folds, fold, message):
-    with pytest.raises(configs.ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         configs.build_configs("ssd_mobilenet_v2", five_folds, fold)
 
 
 def test_folder_without_label_map_or_records_is_an_error(tmp_path, five_folds):
-    with pytest.raises(configs.ConfigError, match="no label map"):
+    with pytest.raises(ConfigError, match="no label map"):
         configs.build_configs("ssd_mobilenet_v2", tmp_path, 0)
     (tmp_path / "label_map.pbtxt").write_text((five_folds / "label_map.pbtxt").read_text())
-    with pytest.raises(configs.ConfigError, match="no fold"):
+    with pytest.raises(ConfigError, match="no fold"):
         configs.build_configs("ssd_mobilenet_v2", tmp_path, 0)
 
 
@@ -193,7 +198,7 @@ def test_num_classes_comes_from_the_label_map(tmp_path, model, meta):
         'item { id: 1 name: "opacity" }\nitem { id: 2 name: "nodule" }\n')
     read = configs.build_configs(model, folder, 0)
     assert getattr(read["model"], meta).num_classes == 2
-    with pytest.raises(configs.ConfigError, match="label map has 2 classes"):
+    with pytest.raises(ConfigError, match="label map has 2 classes"):
         configs.build_configs(model, folder, 0, overrides=[f"model.{meta}.num_classes=3"])
 
 
@@ -201,7 +206,7 @@ def test_num_classes_comes_from_the_label_map(tmp_path, model, meta):
 
 
 def test_num_steps_scales_the_cosine_schedule(converted_sample):
-    base = configs.load_base_configs("ssd_mobilenet_v2")["train_config"]
+    base = registry.load_base_configs("ssd_mobilenet_v2")["train_config"]
     base_cosine = base.optimizer.momentum_optimizer.learning_rate.cosine_decay_learning_rate
     read = configs.build_configs("ssd_mobilenet_v2", converted_sample, 0, num_steps=1500)
     cosine = (read["train_config"].optimizer.momentum_optimizer.learning_rate
@@ -215,7 +220,7 @@ def test_num_steps_scales_the_cosine_schedule(converted_sample):
 
 
 def test_num_steps_scales_manual_step_boundaries(converted_sample):
-    base = configs.load_base_configs("centernet_hourglass104")["train_config"]
+    base = registry.load_base_configs("centernet_hourglass104")["train_config"]
     base_steps = [s.step for s in
                   base.optimizer.adam_optimizer.learning_rate.manual_step_learning_rate.schedule]
     read = configs.build_configs("centernet_hourglass104", converted_sample, 0, num_steps=1000)
@@ -229,7 +234,7 @@ def test_num_steps_scales_manual_step_boundaries(converted_sample):
 
 
 def test_batch_size_scales_the_learning_rate_unless_one_is_given(converted_sample):
-    base = configs.model_defaults(configs.load_base_configs("retinanet_resnet50"))
+    base = registry.model_defaults(registry.load_base_configs("retinanet_resnet50"))
     halved = configs.build_configs("retinanet_resnet50", converted_sample, 0,
                                    batch_size=base.batch_size // 2)
     cosine = (halved["train_config"].optimizer.momentum_optimizer.learning_rate
@@ -237,7 +242,7 @@ def test_batch_size_scales_the_learning_rate_unless_one_is_given(converted_sampl
     assert cosine.learning_rate_base == pytest.approx(base.learning_rate / 2)
     explicit = configs.build_configs("retinanet_resnet50", converted_sample, 0, batch_size=2,
                                      learning_rate=0.03)
-    assert configs.model_defaults(explicit).learning_rate == pytest.approx(0.03)
+    assert registry.model_defaults(explicit).learning_rate == pytest.approx(0.03)
     warmup = (explicit["train_config"].optimizer.momentum_optimizer.learning_rate
               .cosine_decay_learning_rate.warmup_learning_rate)
     assert warmup < 0.03
@@ -245,10 +250,10 @@ def test_batch_size_scales_the_learning_rate_unless_one_is_given(converted_sampl
 
 def test_image_size_is_set_and_checked(converted_sample):
     read = configs.build_configs("faster_rcnn_resnet50", converted_sample, 0, image_size=256)
-    assert configs.model_defaults(read).image_size == 256
-    with pytest.raises(configs.ConfigError, match="multiple of 128"):
+    assert registry.model_defaults(read).image_size == 256
+    with pytest.raises(ConfigError, match="multiple of 128"):
         configs.build_configs("retinanet_resnet50", converted_sample, 0, image_size=300)
-    with pytest.raises(configs.ConfigError, match="at least 256"):
+    with pytest.raises(ConfigError, match="at least 256"):
         configs.build_configs("retinanet_resnet50", converted_sample, 0, image_size=128)
 
 
@@ -270,14 +275,14 @@ def test_augmentations_keep_only_the_named_steps_of_the_model(converted_sample):
 
 
 def test_an_augmentation_the_model_does_not_use_is_refused(converted_sample):
-    with pytest.raises(configs.ConfigError, match="random_rotation90 is not one of the "
+    with pytest.raises(ConfigError, match="random_rotation90 is not one of the "
                        "model's: random_horizontal_flip"):
         configs.build_configs("ssd_mobilenet_v2", converted_sample, 0,
                               augmentations=["random_rotation90"])
 
 
 def test_unknown_model_is_an_error(converted_sample):
-    with pytest.raises(configs.ConfigError, match="unknown model 'yolo'.*ssd_mobilenet_v2"):
+    with pytest.raises(ConfigError, match="unknown model 'yolo'.*ssd_mobilenet_v2"):
         configs.build_configs("yolo", converted_sample, 0)
 
 
@@ -286,7 +291,7 @@ def test_unknown_model_is_an_error(converted_sample):
 
 def test_override_sets_nested_fields_of_the_pipeline():
     pipeline = _base_pipeline("ssd_mobilenet_v2")
-    configs.apply_overrides(pipeline, [
+    overrides.apply_overrides(pipeline, [
         f"{MOMENTUM}=0.8",
         "train_config.batch_size=3",
         "model.ssd.post_processing.score_converter=SOFTMAX",
@@ -308,8 +313,8 @@ def test_override_sets_nested_fields_of_the_pipeline():
 
 
 def test_override_accepts_config_util_dict_and_its_key_names():
-    read = configs.load_base_configs("ssd_mobilenet_v2")
-    configs.apply_overrides(read, [f"{MOMENTUM}=0.7", "train_input_config.shuffle=false"])
+    read = registry.load_base_configs("ssd_mobilenet_v2")
+    overrides.apply_overrides(read, [f"{MOMENTUM}=0.7", "train_input_config.shuffle=false"])
     assert read["train_config"].optimizer.momentum_optimizer.momentum_optimizer_value == (
         pytest.approx(0.7))
     assert not read["train_input_config"].shuffle
@@ -328,8 +333,8 @@ def test_override_accepts_config_util_dict_and_its_key_names():
 ])
 def test_override_of_no_field_is_an_error_naming_the_key(override, message):
     key = override.partition("=")[0]
-    with pytest.raises(configs.ConfigError, match=message) as error:
-        configs.apply_overrides(_base_pipeline("ssd_mobilenet_v2"), [override])
+    with pytest.raises(ConfigError, match=message) as error:
+        overrides.apply_overrides(_base_pipeline("ssd_mobilenet_v2"), [override])
     assert key in str(error.value)
 
 
@@ -347,8 +352,8 @@ def test_override_with_a_wrong_typed_value_is_an_error_naming_the_key(override):
     key = override.partition("=")[0]
     pipeline = _base_pipeline("ssd_mobilenet_v2")
     before = pipeline.SerializeToString()
-    with pytest.raises(configs.ConfigError, match="is not a valid") as error:
-        configs.apply_overrides(pipeline, ["train_config.batch_size=5", override])
+    with pytest.raises(ConfigError, match="is not a valid") as error:
+        overrides.apply_overrides(pipeline, ["train_config.batch_size=5", override])
     assert key in str(error.value)
     assert pipeline.SerializeToString() == before  # all or nothing
 
@@ -383,9 +388,9 @@ def _tf2_checkpoint(folder: Path, top: str) -> str:
 
 def test_tf1_checkpoint_is_refused(tmp_path, converted_sample):
     prefix = _tf1_checkpoint(tmp_path)
-    with pytest.raises(configs.ConfigError, match="TF1 name-based checkpoint"):
+    with pytest.raises(ConfigError, match="TF1 name-based checkpoint"):
         configs.inspect_checkpoint(prefix)
-    with pytest.raises(configs.ConfigError, match="TF1"):
+    with pytest.raises(ConfigError, match="TF1"):
         configs.build_configs("ssd_mobilenet_v2", converted_sample, 0,
                               fine_tune_checkpoint=tmp_path)
 
@@ -417,12 +422,12 @@ def test_zoo_folder_layout_resolves_to_its_checkpoint(tmp_path):
 
 
 def test_unusable_checkpoints_are_refused(tmp_path):
-    with pytest.raises(configs.ConfigError, match="not a checkpoint prefix"):
+    with pytest.raises(ConfigError, match="not a checkpoint prefix"):
         configs.inspect_checkpoint(tmp_path / "missing")
-    with pytest.raises(configs.ConfigError, match="no checkpoint in this folder"):
+    with pytest.raises(ConfigError, match="no checkpoint in this folder"):
         configs.inspect_checkpoint(tmp_path)
     _tf2_checkpoint(tmp_path, "backbone")
-    with pytest.raises(configs.ConfigError, match="neither 'model'"):
+    with pytest.raises(ConfigError, match="neither 'model'"):
         configs.inspect_checkpoint(tmp_path)
 
 
@@ -469,7 +474,7 @@ def test_tool_reports_errors_with_the_key(make_config, converted_sample, tmp_pat
 def test_tool_lists_models(make_config, capsys):
     assert _run_tool(make_config, "--list_models") == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in configs.REGISTRY)
+    assert all(name in out for name in registry.REGISTRY)
 
 
 def test_the_tool_writes_what_its_config_request_writes(make_config, converted_sample, tmp_path):
@@ -478,14 +483,14 @@ def test_the_tool_writes_what_its_config_request_writes(make_config, converted_s
             "--image_size=128", "--num_steps=40", "--override=train_config.max_number_of_boxes=7",
             "--augmentations=random_horizontal_flip"]
     assert _run_tool(make_config, *args, f"--output={tmp_path / 'tool.config'}") == 0
-    request = make_config.CONFIG.request()
-    assert request == configs.ConfigRequest(
+    request = ConfigRequest.from_flags(make_config.CONFIG)
+    assert request == ConfigRequest(
         model="ssd_mobilenet_v2", data_dir=str(converted_sample), fold=1, image_size=128,
         num_steps=40, overrides=("train_config.max_number_of_boxes=7",),
         augmentations=("random_horizontal_flip",))
     written = request.write(tmp_path / "request.config")
     assert written.read_text() == (tmp_path / "tool.config").read_text()
-    copied = configs.ConfigRequest(pipeline_config=str(written)).write(tmp_path / "run")
+    copied = ConfigRequest(pipeline_config=str(written)).write(tmp_path / "run")
     assert copied == tmp_path / "run" / "pipeline.config"
     assert copied.read_text() == written.read_text()
 
@@ -496,12 +501,22 @@ def test_the_tool_writes_what_its_config_request_writes(make_config, converted_s
     ({"model": "ssd_mobilenet_v2"}, "needs --data_dir"),
 ])
 def test_a_config_request_refuses_what_it_cannot_build(fields, message):
-    with pytest.raises(configs.ConfigError, match=message) as error:
-        configs.ConfigRequest(**fields)
+    with pytest.raises(ConfigError, match=message) as error:
+        ConfigRequest(**fields)
     assert isinstance(error.value, BadInput)  # one line, exit 2 from any tool
 
 
 def test_a_missing_pipeline_config_is_bad_input(tmp_path):
-    request = configs.ConfigRequest(pipeline_config=str(tmp_path / "none.config"))
-    with pytest.raises(configs.ConfigError, match="does not exist"):
+    request = ConfigRequest(pipeline_config=str(tmp_path / "none.config"))
+    with pytest.raises(ConfigError, match="does not exist"):
         request.write(tmp_path / "out.config")
+
+
+def test_the_request_and_the_registry_import_no_tensorflow():
+    """Tools define their flags and parse a request before TensorFlow loads."""
+    code = ("import sys, tfod.config.request, tfod.config.registry, tfod.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'object_detection')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

@@ -96,6 +96,35 @@ def test_two_models_give_exactly_what_the_library_returns(weights):
         np.testing.assert_array_equal(fused.scores, scores)
 
 
+def _direct_library_call(method, boxes, scores, labels, weights):
+    """What each --method must compute, written out call by call."""
+    if method in ("wbf", "avg"):
+        return ensemble_boxes.weighted_boxes_fusion(boxes, scores, labels, weights=weights,
+                                                    iou_thr=0.5, conf_type="avg")
+    return {"nmw": ensemble_boxes.non_maximum_weighted,
+            "nms": ensemble_boxes.nms}.get(method, ensemble_boxes.soft_nms)(
+        boxes, scores, labels, weights=weights, iou_thr=0.5)
+
+
+@pytest.mark.parametrize("method", ["wbf", "avg", "nmw", "nms", "soft_nms"])
+def test_each_method_is_its_own_library_call(method):
+    first = table({"a": [(100, 100, 200, 300, 0.8), (700, 500, 100, 100, 0.3),
+                         (110, 95, 190, 310, 0.45)]})
+    second = table({"a": [(120, 90, 210, 280, 0.6), (690, 520, 110, 90, 0.5)]})
+    assert method in ensemble.METHODS
+    fused = ensemble.fuse([first, second], SIZES,
+                          FusionParams(method=method, weights=(2.0, 1.0), iou_thr=0.5))["a"]
+    boxes, scores, _ = _direct_library_call(
+        method, [box_ops.xywh_to_xyxy(m["a"].boxes, 1024, 1024) for m in (first, second)],
+        [first["a"].scores, second["a"].scores], [np.zeros(3), np.zeros(2)],
+        np.array([1.0, 0.5]))
+    order, expected = np.argsort(-fused.scores), np.argsort(-np.asarray(scores))
+    np.testing.assert_allclose(fused.scores[order], np.asarray(scores)[expected], atol=1e-6)
+    np.testing.assert_allclose(fused.boxes[order],
+                               box_ops.xyxy_to_xywh(np.asarray(boxes)[expected], 1024, 1024),
+                               atol=1e-3)
+
+
 def test_boxes_come_back_in_each_images_own_pixel_frame():
     # Near the right edge of a 600 x 400 image: dividing x by 400 would push it past 1 (clipped).
     first = table({WIDE: [(450, 300, 140, 90, 0.8)], "a": [(900, 100, 100, 100, 0.8)]})

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 import tfod.compat  # noqa: F401
-from tfod.config import pipeline as configs
+from tfod.config.request import ConfigRequest
 from tfod.runfolder import Checkpoint, RunFolder, list_checkpoints, read_status
 from tfod.train import launch
 from tfod.train.evaluator import CompetitionMetricAccumulator, keep_best
@@ -174,7 +174,7 @@ def test_rerun_of_a_finished_run_trains_nothing(interrupted_run):
 @pytest.mark.slow
 def test_a_changed_config_is_refused_on_an_existing_run(interrupted_run, converted_sample):
     run = interrupted_run["run"]
-    request = configs.ConfigRequest(model="ssd_mobilenet_v2", data_dir=str(converted_sample),
+    request = ConfigRequest(model="ssd_mobilenet_v2", data_dir=str(converted_sample),
                                    fold=0, image_size=128, batch_size=4, num_steps=NUM_STEPS)
     with pytest.raises(launch.LaunchError, match="different pipeline.config") as error:
         launch.launch_run(request, run_dir=run.root, echo=lambda line: None)
@@ -184,7 +184,7 @@ def test_a_changed_config_is_refused_on_an_existing_run(interrupted_run, convert
 @pytest.mark.slow
 def test_the_runs_own_config_resumes_it_as_it_was(interrupted_run):
     run, lines = interrupted_run["run"], []
-    request = configs.ConfigRequest(pipeline_config=str(run.pipeline_config))
+    request = ConfigRequest(pipeline_config=str(run.pipeline_config))
     assert launch.launch_run(request, dry_run=True, echo=lines.append) == 0
     plan = "\n".join(lines)
     assert f"run folder {run.root} (exists: resuming)" in plan  # the default --run_dir

@@ -118,7 +118,8 @@ def require(*holders: flags.FlagHolder) -> None:
 
 @dataclass(frozen=True)
 class ConfigFlags:
-    """The config flag group of :func:`define_config_flags`; :meth:`request` reads it."""
+    """The config flag group of :func:`define_config_flags`;
+    :meth:`tfod.config.request.ConfigRequest.from_flags` reads it."""
 
     holders: dict[str, flags.FlagHolder]
 
@@ -132,20 +133,6 @@ class ConfigFlags:
         """Every flag of the group and its value (for a launch record)."""
         return {name: holder.value for name, holder in self.holders.items()}
 
-    def request(self):
-        """The :class:`tfod.config.pipeline.ConfigRequest` the flags ask for."""
-        from tfod.config.pipeline import ConfigRequest  # TensorFlow: only when a tool builds
-
-        if "pipeline_config" not in self.holders:
-            require(self.holders["model"], self.holders["data_dir"])
-        elif self.pipeline_config and not self.model:  # resume a run's config as it was
-            return ConfigRequest(pipeline_config=self.pipeline_config, num_steps=self.num_steps)
-        return ConfigRequest(  # checks that --model and --pipeline_config are not both given
-            model=self.model, data_dir=self.data_dir, fold=self.fold,
-            image_size=self.image_size, batch_size=self.batch_size, num_steps=self.num_steps,
-            learning_rate=self.learning_rate, fine_tune_checkpoint=self.fine_tune_checkpoint,
-            overrides=self.override, pipeline_config=self.values().get("pipeline_config"),
-            augmentations=self.augmentations)
 
 
 def define_config_flags(models: Sequence[str], pipeline_config: bool = False) -> ConfigFlags:

@@ -13,18 +13,20 @@ from absl import flags
 
 from tfod import cli
 from tfod.config import pipeline as configs
+from tfod.config import registry
+from tfod.config.request import ConfigRequest
 
-CONFIG = cli.define_config_flags(configs.REGISTRY)
+CONFIG = cli.define_config_flags(registry.REGISTRY)
 _OUTPUT = flags.DEFINE_string("output", None, "pipeline.config path to write (or a folder).")
 
 
 def main(argv):
     del argv  # checked by cli.runner
     if CONFIG.list_models:
-        print(configs.format_model_table())
+        print(registry.format_model_table())
         return 0
     cli.require(_OUTPUT)
-    path = CONFIG.request().write(_OUTPUT.value)
+    path = ConfigRequest.from_flags(CONFIG).write(_OUTPUT.value)
     print(configs.describe_config(path))
     return 0
 

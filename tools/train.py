@@ -19,10 +19,11 @@ import sys
 from absl import flags
 
 from tfod import cli
-from tfod.config import pipeline as configs
+from tfod.config import registry
+from tfod.config.request import ConfigRequest
 from tfod.train import campaign, launch
 
-CONFIG = cli.define_config_flags(configs.REGISTRY, pipeline_config=True)
+CONFIG = cli.define_config_flags(registry.REGISTRY, pipeline_config=True)
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run folder (default runs/<model>-fold<k>).")
 _BACKEND = flags.DEFINE_enum("backend", "local", list(launch.BACKENDS), "Where to run.")
 _GPUS = flags.DEFINE_string("gpus", "", "Trainer GPUs: 'all', '0', '0,1'; empty for CPU. "
@@ -85,15 +86,16 @@ def launch_options() -> dict:
 def main(argv):
     del argv  # checked by cli.runner
     if CONFIG.list_models:
-        print(configs.format_model_table())
+        print(registry.format_model_table())
         return 0
     if _FOLDS.value:
         return campaign.run_campaign(
-            CONFIG.request(), _FOLDS.value, run_root=_RUN_ROOT.value, backend=_BACKEND.value,
+            ConfigRequest.from_flags(CONFIG), _FOLDS.value, run_root=_RUN_ROOT.value,
+            backend=_BACKEND.value,
             parallel=_PARALLEL_FOLDS.value, labels_csv=_LABELS_CSV.value,
             dry_run=_DRY_RUN.value, flags=flag_values(), **launch_options())
     return launch.launch_run(
-        CONFIG.request(), run_dir=_RUN_DIR.value, backend=_BACKEND.value,
+        ConfigRequest.from_flags(CONFIG), run_dir=_RUN_DIR.value, backend=_BACKEND.value,
         dry_run=_DRY_RUN.value, flags=flag_values(), **launch_options())
 
 

@@ -40,7 +40,6 @@ from tfod import detections as det
 from tfod.detections import BoxTable, ImageBoxes
 from tfod.errors import BadInput
 
-METHODS = ("wbf", "avg", "nmw", "nms", "soft_nms")
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 RSNA_SIZE = (1024, 1024)  # (width, height) of every RSNA image
 
@@ -130,29 +129,41 @@ def _stack(models: Sequence[Mapping[str, ImageBoxes]], ids: list[str], width, he
     return _Stacked(offsets, normalized[order], scores[order], model[order])
 
 
+def _weighted_boxes_fusion(lists, weights, params: FusionParams):
+    return ensemble_boxes.weighted_boxes_fusion(
+        *lists, weights=weights, iou_thr=params.iou_thr, skip_box_thr=params.skip_box_thr,
+        conf_type=params.conf_type)
+
+
+def _non_maximum_weighted(lists, weights, params: FusionParams):
+    return ensemble_boxes.non_maximum_weighted(
+        *lists, weights=weights, iou_thr=params.iou_thr, skip_box_thr=params.skip_box_thr)
+
+
+def _nms(lists, weights, params: FusionParams):
+    return ensemble_boxes.nms(*lists, iou_thr=params.iou_thr, weights=weights)
+
+
+def _soft_nms(lists, weights, params: FusionParams):
+    return ensemble_boxes.soft_nms(*lists, iou_thr=params.iou_thr, weights=weights,
+                                   thresh=params.skip_box_thr)
+
+
+# Each method's library call (``--method``): ``avg`` is ``wbf`` held to ``conf_type='avg'``.
+LIBRARY_CALLS = {"wbf": _weighted_boxes_fusion, "avg": _weighted_boxes_fusion,
+                 "nmw": _non_maximum_weighted, "nms": _nms, "soft_nms": _soft_nms}
+METHODS = tuple(LIBRARY_CALLS)
+
+
 def _call_library(params: FusionParams, n_models: int, boxes, scores, model):
     """One image through ensemble-boxes: fused normalized boxes and scores."""
     bounds = np.searchsorted(model, np.arange(n_models + 1))
     parts = list(zip(bounds[:-1], bounds[1:], strict=True))
-    boxes_list, scores_list = [boxes[a:b] for a, b in parts], [scores[a:b] for a, b in parts]
-    labels_list = [np.zeros(b - a) for a, b in parts]
+    lists = ([boxes[a:b] for a, b in parts], [scores[a:b] for a, b in parts],
+             [np.zeros(b - a) for a, b in parts])
     weights = None if len(set(params.weights)) == 1 else (
         np.asarray(params.weights) / max(params.weights))
-    if params.method in ("wbf", "avg"):
-        fused, fused_scores, _ = ensemble_boxes.weighted_boxes_fusion(
-            boxes_list, scores_list, labels_list, weights=weights, iou_thr=params.iou_thr,
-            skip_box_thr=params.skip_box_thr, conf_type=params.conf_type)
-    elif params.method == "nmw":
-        fused, fused_scores, _ = ensemble_boxes.non_maximum_weighted(
-            boxes_list, scores_list, labels_list, weights=weights, iou_thr=params.iou_thr,
-            skip_box_thr=params.skip_box_thr)
-    elif params.method == "nms":
-        fused, fused_scores, _ = ensemble_boxes.nms(
-            boxes_list, scores_list, labels_list, iou_thr=params.iou_thr, weights=weights)
-    else:
-        fused, fused_scores, _ = ensemble_boxes.soft_nms(
-            boxes_list, scores_list, labels_list, iou_thr=params.iou_thr, weights=weights,
-            thresh=params.skip_box_thr)
+    fused, fused_scores, _ = LIBRARY_CALLS[params.method](lists, weights, params)
     return np.asarray(fused, float).reshape(-1, 4), np.asarray(fused_scores, float).reshape(-1)
 
 

@@ -3,7 +3,7 @@
 :func:`export` picks the checkpoint (``best``: the evaluator's best by ``rsna/score``, kept
 in ``best/``; ``latest``; or ``ckpt-N``), applies export-time overrides to the run's
 ``pipeline.config`` (post-processing: score threshold, number of boxes) with
-:func:`tfod.config.pipeline.apply_overrides`, and calls the OD API's
+:func:`tfod.config.overrides.apply_overrides`, and calls the OD API's
 ``exporter_lib_v2.export_inference_graph`` unchanged.
 
 * Input signature ``float_image_tensor``: a float32 ``[None, None, None, 3]`` batch. In
@@ -136,7 +136,8 @@ def export_pipeline(run: RunFolder, overrides: Sequence[str]):
     """The run's pipeline proto with the export-time ``overrides`` applied (strictly)."""
     from object_detection.utils import config_util
 
-    from tfod.config.pipeline import ConfigError, apply_overrides
+    from tfod.config import ConfigError
+    from tfod.config.overrides import apply_overrides
 
     configs = config_util.get_configs_from_pipeline_file(str(run.pipeline_config))
     try:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tfod.config.pipeline import ConfigRequest
+from tfod.config.request import ConfigRequest
 from tfod.data import records
 from tfod.runfolder import FINISHED, RunFolder, read_json, read_status
 from tfod.train import cv

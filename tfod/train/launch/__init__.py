@@ -1,7 +1,7 @@
 """Launchers: start the trainer, the evaluator and TensorBoard for one run folder.
 
 :func:`launch_run` is what ``tfod-train`` calls: it writes the run's ``pipeline.config`` (from a
-:class:`tfod.config.pipeline.ConfigRequest`: built from a model name, or copied from
+:class:`tfod.config.request.ConfigRequest`: built from a model name, or copied from
 ``--pipeline_config``), refuses a changed config on an existing run (which otherwise resumes),
 checks the GPUs, locks the run folder (one launcher per run: a second one is refused with the
 holder's pid), records ``launch.json`` and starts the ``local`` or ``docker`` backend, or with
@@ -32,7 +32,7 @@ from tfod.train.launch.docker import DockerLauncher
 from tfod.train.launch.local import LocalLauncher
 
 if TYPE_CHECKING:  # the request is the config stage's; the launcher only calls .write()
-    from tfod.config.pipeline import ConfigRequest
+    from tfod.config.request import ConfigRequest
 
 BACKENDS = ("local", "docker")
 
