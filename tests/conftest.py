@@ -37,3 +37,21 @@ def converted_sample(tmp_path_factory) -> Path:
     convert(SAMPLE_DICOMS, output_dir, LABELS_CSV, CLASS_INFO_CSV,
             num_folds=CONVERTED_SAMPLE_FOLDS, seed=42, workers=1, progress=False)
     return output_dir
+
+
+def prepare_run(run, pipeline_config: Path, **settings):
+    """What the launcher writes before it starts a run's trainer and evaluator
+    (``python -m tfod.train train|eval --run_dir``): the run's ``pipeline.config`` and its
+    ``settings.json`` (``settings``: TrainSettings fields; ``num_steps`` defaults to the
+    config's). Returns the run folder."""
+    import shutil
+
+    from tfod.train.launch.common import config_steps
+    from tfod.train.settings import TrainSettings
+
+    run.create()
+    if Path(pipeline_config).resolve() != run.pipeline_config:
+        shutil.copyfile(pipeline_config, run.pipeline_config)
+    settings.setdefault("num_steps", config_steps(run.pipeline_config))
+    TrainSettings(**settings).write(run)
+    return run

@@ -251,3 +251,16 @@ def test_assemble_oof_refuses_an_image_in_two_folds_and_a_fold_without_best(tmp_
     written = (tmp_path / "cv" / cv.OOF_CSV).read_text().splitlines()
     assert written[1:] == [f"{ids[0]},100.0,100.0,200.0,200.0,0.9", f"{ids[1]},,,,,",
                            f"{ids[2]},,,,,"]
+
+
+def test_folds_that_make_no_out_of_fold_set_are_one_line_of_bad_input(converted_sample,
+                                                                      tmp_path):
+    image = sorted(det.read_labels(LABELS_CSV))[0]
+    box = det.ImageBoxes([[100, 100, 200, 200]], [0.9])
+    for fold in (0, 1):  # both finished folds claim the same image
+        fake_fold(tmp_path, fold, {image: box})
+    done = tool(*campaign_command(converted_sample, tmp_path))
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "earlier fold" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

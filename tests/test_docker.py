@@ -20,6 +20,7 @@ import pytest
 from tfod.runfolder import RunFolder, list_checkpoints, read_status
 from tfod.train.launch.common import TRAIN, LaunchSpec
 from tfod.train.launch.docker import container_name
+from tfod.train.settings import TrainSettings
 
 pytestmark = [pytest.mark.docker]
 
@@ -135,7 +136,8 @@ def trained(image, converted_sample, tmp_path_factory):
     started = time.time()
     launcher = subprocess.Popen(command, cwd=REPO, env=tool_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-    trainer = container_name(LaunchSpec(run_dir=run_dir, num_steps=1), TRAIN)
+    trainer = container_name(LaunchSpec(run_dir=run_dir, settings=TrainSettings(num_steps=1)),
+                             TRAIN)
     try:
         deadline = time.time() + 900
         while not (run_dir / "ckpt-2.index").exists():  # a checkpoint after step 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import prepare_run
 
 import tfod.compat  # noqa: F401
 
@@ -70,12 +71,11 @@ def train_run(converted_sample, tmp_path_factory) -> RunFolder:
     run = RunFolder(tmp_path_factory.mktemp("predict") / "run").create()
     configs.build_config("ssd_mobilenet_v2", converted_sample, 0, run.pipeline_config,
                          image_size=128, batch_size=2, num_steps=NUM_STEPS)
-    for role, extra in (("train", [f"--checkpoint_every={CHECKPOINT_EVERY}", "--log_every=5"]),
-                        ("eval", ["--trainer_timeout=30", "--poll_seconds=1"])):
-        done = subprocess.run([sys.executable, "-m", "tfod.train", role,
-                               f"--pipeline_config={run.pipeline_config}", f"--run_dir={run.root}",
-                               *extra], cwd=REPO, env=ENV, capture_output=True, text=True,
-                              timeout=1800)
+    prepare_run(run, run.pipeline_config, checkpoint_every=CHECKPOINT_EVERY, log_every=5,
+                trainer_timeout=30, eval_poll_seconds=1)
+    for role in ("train", "eval"):
+        done = subprocess.run([sys.executable, "-m", "tfod.train", role, f"--run_dir={run.root}"],
+                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, done.stderr[-3000:]
     return run
 

@@ -17,17 +17,20 @@ import pytest
 
 from tfod.runfolder import RunFolder, read_status, tail, write_status
 from tfod.train.launch import common
+from tfod.train.launch.base import LogFollower, ProgressFromHeartbeat
 from tfod.train.launch.common import EVAL, TENSORBOARD, TRAIN, LaunchError, LaunchSpec
 from tfod.train.launch.docker import container_name, docker_commands, docker_run_argv
-from tfod.train.launch.local import LocalLauncher, LogFollower, progress_line
+from tfod.train.launch.local import LocalLauncher
+from tfod.train.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "1000:1000"
 
 
-def make_spec(tmp_path, **options) -> LaunchSpec:
+def make_spec(tmp_path, settings: dict | None = None, **options) -> LaunchSpec:
     data = tmp_path / "data"
-    return LaunchSpec(run_dir=tmp_path / "runs" / "ssd-fold0", num_steps=100,
+    return LaunchSpec(run_dir=tmp_path / "runs" / "ssd-fold0",
+                      settings=TrainSettings(num_steps=100, **(settings or {})),
                       read_only_inputs=[data, tmp_path / "zoo"], **options)
 
 
@@ -60,9 +63,7 @@ def test_docker_gpu_trainer_command(tmp_path):
     assert option_values(options, "--volume") == [
         f"{tmp_path / 'data'}:{tmp_path / 'data'}:ro", f"{tmp_path / 'zoo'}:{tmp_path / 'zoo'}:ro",
         f"{run}:{run}:rw"]
-    assert command[:4] == ["python", "-m", "tfod.train", "train"]
-    assert option_values(command, "--pipeline_config") == [str(run / "pipeline.config")]
-    assert option_values(command, "--num_steps") == ["100"]
+    assert command == ["python", "-m", "tfod.train", "train", "--run_dir", str(run)]
 
 
 def test_docker_single_gpu_and_all_gpus(tmp_path):
@@ -115,16 +116,15 @@ def test_docker_roles_follow_eval_device_and_tensorboard_port(tmp_path):
 
 def test_docker_multi_worker_passes_tf_config_and_host_network(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {}}')
-    argv = docker_run_argv(make_spec(tmp_path, num_workers=2, gpus="all"), TRAIN, USER)
+    argv = docker_run_argv(make_spec(tmp_path, {"num_workers": 2}, gpus="all"), TRAIN, USER)
     assert option_values(argv, "--network") == ["host"]
     assert 'TF_CONFIG={"cluster": {}}' in option_values(argv, "--env")
-    assert option_values(argv, "--num_workers") == ["2"]
 
 
 def test_container_names_differ_per_run_folder(tmp_path):
     first = container_name(make_spec(tmp_path), TRAIN)
     other = container_name(LaunchSpec(run_dir=tmp_path / "elsewhere" / "ssd-fold0",
-                                      num_steps=1), TRAIN)
+                                      settings=TrainSettings(num_steps=1)), TRAIN)
     assert first != other and first.startswith("tfod-ssd-fold0-") and first.endswith("-train")
 
 
@@ -199,8 +199,10 @@ def test_dry_run_prints_the_exact_docker_commands_and_starts_nothing(converted_s
     lines = {role: line for line in out.splitlines() for role in (TRAIN, EVAL, TENSORBOARD)
              if line.startswith(f"  [{role}] ")}
     assert lines[TRAIN].startswith(f"  [{TRAIN}] docker run --detach --name tfod-run-")
-    assert "--gpus '\"device=0,1\"'" in lines[TRAIN] and "tfod:gpu python -m tfod.train " \
-        "train" in lines[TRAIN] and "--num_steps 500" in lines[TRAIN]
+    assert "--gpus '\"device=0,1\"'" in lines[TRAIN]
+    assert lines[TRAIN].endswith(
+        f"tfod:gpu python -m tfod.train train --run_dir {run_dir.resolve()}")
+    assert "steps: 500, checkpoint every 1000" in out
     assert "--env CUDA_VISIBLE_DEVICES=-1" in lines[EVAL]
     assert "--publish 127.0.0.1:6006:6006" in lines[TENSORBOARD]
     assert not run_dir.exists()
@@ -227,7 +229,8 @@ FAKE_TRAINER = textwrap.dedent("""
     counter = os.path.join(run_dir, "starts")
     starts = int(open(counter).read()) if os.path.exists(counter) else 0
     open(counter, "w").write(str(starts + 1))
-    print("Step 50 per-step time 0.200s", flush=True)
+    json.dump({"state": "running", "step": 50, "target": 100, "seconds_per_step": 0.2},
+              open(os.path.join(run_dir, "train_status.json"), "w"))
     code = int(plan[min(starts, len(plan) - 1)])
     deadline = time.time() - code
     while code < 0 and time.time() < deadline:  # run until released or -code seconds pass
@@ -250,8 +253,10 @@ def supervised(tmp_path, plan: str, max_restarts: int, **options):
     script.write_text(FAKE_TRAINER)
     lines = []
     launcher = LocalLauncher(spec, echo=lines.append, poll_seconds=0.05)
-    launcher.processes[TRAIN].argv = [sys.executable, str(script), str(spec.run_dir), plan]
-    return launcher.launch(), lines, spec.run
+    launcher.processes[TRAIN][0].argv = [sys.executable, str(script), str(spec.run_dir), plan]
+    config = tmp_path / "pipeline.config"
+    config.write_text("model {}\n")
+    return launcher.launch(config), lines, spec.run
 
 
 def test_supervisor_restarts_a_crashed_trainer(tmp_path):
@@ -401,10 +406,32 @@ def test_kill_9_of_the_launcher_kills_its_children_and_a_second_launcher_is_refu
 # --------------------------------------------------------------------- run folder bits
 
 
-def test_progress_line_has_an_eta():
-    assert progress_line("I1125 model_lib_v2.py:705] Step 300 per-step time 0.500s", 1500) == \
-        "step 300/1500, 0.500 s/step, ETA 10m00s"
-    assert progress_line("Loss/total_loss: 1.0", 10) is None
+def test_progress_comes_from_the_heartbeat_every_log_every_steps(tmp_path):
+    run = RunFolder(tmp_path / "run").create()
+    progress = ProgressFromHeartbeat(run, every=100)
+    assert progress.line() is None  # no heartbeat yet
+    shown = []
+    for step in (0, 50, 100, 150, 199, 260, 300):
+        write_status(run, "running", step=step, target=300, seconds_per_step=0.5)
+        shown.append(progress.line())
+    assert shown == ["step 0/300, 0.500 s/step, ETA 2m30s", None,
+                     "step 100/300, 0.500 s/step, ETA 1m40s", None, None,
+                     "step 260/300, 0.500 s/step, ETA 0m20s",
+                     "step 300/300, 0.500 s/step, ETA 0m00s"]
+    write_status(run, "running", step=300, target=300, seconds_per_step=0.5)
+    assert progress.line() is None  # shown once
+
+
+def test_settings_are_written_once_and_a_relaunch_names_what_changed(tmp_path):
+    spec = make_spec(tmp_path, eval_device="none", max_restarts=0)
+    first = supervised(tmp_path, "0", max_restarts=0)[1]
+    assert TrainSettings.read(spec.run) == spec.settings
+    assert not any("settings changed" in line for line in first)
+    (spec.run.root / "starts").unlink()
+    lines = supervised(tmp_path, "0", max_restarts=0, settings={"checkpoint_every": 50})[1]
+    assert any(line.startswith("settings changed since the last launch") and
+               "checkpoint_every: 1000 -> 50" in line for line in lines), lines
+    assert TrainSettings.read(spec.run).checkpoint_every == 50
 
 
 def test_log_follower_and_tail(tmp_path):

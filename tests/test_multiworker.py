@@ -2,23 +2,30 @@
 
 ``--cpu_replicas=2`` splits the CPU into two logical devices and trains with the same
 ``MirroredStrategy`` path that ``--gpus=0,1`` takes; two worker processes on 127.0.0.1 with
-their own ``TF_CONFIG`` train one run with ``MultiWorkerMirroredStrategy``. Each run reaches its
+their own ``TF_CONFIG``, started by the launcher, train one run with
+``MultiWorkerMirroredStrategy`` and stop together on a stop request. Each run reaches its
 final step and its checkpoint restores in a single-device evaluator.
 """
 import os
-import socket
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
+from conftest import prepare_run
 
 import tfod.compat  # noqa: F401
 from tfod.config import pipeline as configs
-from tfod.runfolder import RunFolder, latest_checkpoint, list_checkpoints, read_status
+from tfod.runfolder import (
+    RunFolder,
+    latest_checkpoint,
+    list_checkpoints,
+    read_status,
+    request_stop,
+)
 from tfod.train.evaluator import CheckpointScorer
-from tfod.train.multiworker import worker_tf_configs
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 4, 2
@@ -32,10 +39,17 @@ def _pipeline(converted_sample: Path, folder: Path) -> Path:
                                 num_steps=STEPS)
 
 
-def _command(pipeline: Path, run: RunFolder, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "tfod.train", "train", "--pipeline_config", str(pipeline),
-            "--run_dir", str(run.root), "--checkpoint_every", str(EVERY), "--log_every",
-            str(EVERY), *flags]
+def _command(run: RunFolder) -> list[str]:
+    return [sys.executable, "-m", "tfod.train", "train", "--run_dir", str(run.root)]
+
+
+def _launch(pipeline: Path, run: RunFolder, *flags: str) -> subprocess.CompletedProcess:
+    """tfod-train on the run's config: the launcher starts the workers itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "tools.train", f"--pipeline_config={pipeline}",
+         f"--run_dir={run.root}", "--eval_device=none", "--max_restarts=0",
+         f"--checkpoint_every={EVERY}", f"--log_every={EVERY}", *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=900, env=_env())
 
 
 def _env(**extra) -> dict[str, str]:
@@ -57,46 +71,35 @@ def _assert_finished_and_restores(pipeline: Path, run: RunFolder) -> None:
 
 def test_two_cpu_replicas_train_through_the_mirrored_strategy_path(converted_sample, tmp_path):
     pipeline, run = _pipeline(converted_sample, tmp_path), RunFolder(tmp_path / "run")
-    done = subprocess.run(_command(pipeline, run, "--cpu_replicas", "2"), cwd=REPO,
-                          capture_output=True, text=True, timeout=900, env=_env())
+    prepare_run(run, pipeline, checkpoint_every=EVERY, log_every=EVERY, cpu_replicas=2)
+    done = subprocess.run(_command(run), cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env=_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "strategy MirroredStrategy with 2 replica(s)" in done.stderr
     _assert_finished_and_restores(pipeline, run)
 
 
-def _free_port_pair() -> int:
-    """A port p with p and p + 1 free on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        try:
-            with socket.socket() as first, socket.socket() as second:
-                first.bind(("127.0.0.1", base))
-                second.bind(("127.0.0.1", base + 1))
-            return base
-        except OSError:
-            continue
-    raise AssertionError("no two consecutive free ports on 127.0.0.1")
-
-
-def test_two_worker_processes_train_one_run(converted_sample, tmp_path):
+def test_the_launcher_starts_two_worker_processes_that_train_one_run(converted_sample, tmp_path):
     pipeline, run = _pipeline(converted_sample, tmp_path), RunFolder(tmp_path / "run")
-    logs = [tmp_path / f"worker{index}.log" for index in range(2)]
-    workers = []
-    for tf_config, log in zip(worker_tf_configs(2, "127.0.0.1", _free_port_pair()), logs,
-                              strict=True):
-        with open(log, "w") as out:
-            workers.append(subprocess.Popen(
-                _command(pipeline, run, "--num_workers", "2"), cwd=REPO, stdout=out,
-                stderr=subprocess.STDOUT, env=_env(TF_CONFIG=tf_config)))
-    try:
-        codes = [worker.wait(timeout=900) for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
-    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    done = _launch(pipeline, run, "--num_workers=2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    pids = dict(re.findall(r"\[train\] worker (\d) started \(pid (\d+)\)", done.stdout))
+    assert sorted(pids) == ["0", "1"], done.stdout
     # tf.distribute.MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy
-    assert "strategy CollectiveAllReduceStrategy with 2 replica(s)" in logs[0].read_text()
-    assert read_status(run)["pid"] == workers[0].pid  # the chief writes the status
+    assert "strategy CollectiveAllReduceStrategy with 2 replica(s)" in run.train_log.read_text()
+    assert "CollectiveAllReduceStrategy" in (run.logs / "train-worker1.log").read_text()
+    assert read_status(run)["pid"] == int(pids["0"])  # the chief writes the status
     _assert_finished_and_restores(pipeline, run)
+
+
+def test_two_workers_stop_together_on_a_stop_request(converted_sample, tmp_path):
+    pipeline, run = _pipeline(converted_sample, tmp_path), RunFolder(tmp_path / "run")
+    request_stop(run.create(), "patience: no better rsna/score in 2 evaluations")
+    done = _launch(pipeline, run, "--num_workers=2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for log in (run.train_log, run.logs / "train-worker1.log"):
+        assert f"stop requested at step {EVERY}: patience" in log.read_text()
+    status = read_status(run)
+    assert status["state"] == "finished" and status["step"] == EVERY
+    assert status["stopped_early"] is True
+    assert [c.step for c in list_checkpoints(run.root)] == [0, EVERY]

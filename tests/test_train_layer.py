@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import prepare_run
 from google.protobuf import text_format
 from PIL import Image
 
@@ -180,11 +181,11 @@ def test_stop_request_round_trip(tmp_path):
     assert run.stop_request.name == "stop_request.json"
 
 
-def _train(pipeline: Path, run: RunFolder, *flags: str, env=None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "tfod.train", "train", "--pipeline_config", str(pipeline),
-               "--run_dir", str(run.root), *flags]
+def _train(pipeline: Path, run: RunFolder, **settings) -> subprocess.CompletedProcess:
+    prepare_run(run, pipeline, **settings)
+    command = [sys.executable, "-m", "tfod.train", "train", "--run_dir", str(run.root)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 @pytest.mark.slow
@@ -196,17 +197,41 @@ def test_a_stop_request_saves_finishes_and_a_rerun_trains_nothing(converted_samp
                                     num_steps=20)
     run = RunFolder(tmp_path / "run").create()
     request_stop(run, "patience: no better rsna/score in 2 evaluations")
-    done = _train(pipeline, run, "--checkpoint_every", "10", "--log_every", "10")
+    done = _train(pipeline, run, checkpoint_every=10, log_every=10)
     assert done.returncode == 0, done.stderr
     assert "stop requested at step 10: patience" in done.stderr
     assert [c.step for c in list_checkpoints(run.root)] == [0, 10]
     status = read_status(run)
     assert status["state"] == "finished" and status["step"] == 10
     assert status["stopped_early"] is True and status["reason"].startswith("patience")
-    again = _train(pipeline, run, "--checkpoint_every", "10")
+    again = _train(pipeline, run, checkpoint_every=10)
     assert again.returncode == 0, again.stderr
     assert "was stopped early (patience" in again.stderr and "nothing to train" in again.stderr
     assert [c.step for c in list_checkpoints(run.root)] == [0, 10]
+
+
+@pytest.mark.slow
+def test_train_adds_given_hooks_after_the_default_ones(converted_sample, tmp_path):
+    from tfod.config import pipeline as configs
+    from tfod.train.hooks import Hook
+    from tfod.train.settings import TrainSettings
+    from tfod.train.trainer import train
+
+    class SeesSavedCheckpoints(Hook):
+        """Runs after the saver: each step it sees is already a checkpoint."""
+
+        def __init__(self):
+            self.seen = []
+
+        def after_step(self, trainer):
+            self.seen.append((trainer.step, [c.step for c in list_checkpoints(trainer.run.root)]))
+
+    run = RunFolder(tmp_path / "run").create()
+    configs.build_config("ssd_mobilenet_v2", converted_sample, 0, run.pipeline_config,
+                         image_size=128, batch_size=2, num_steps=4)
+    hook = SeesSavedCheckpoints()
+    assert train(run.root, TrainSettings(num_steps=4, checkpoint_every=2), hooks=[hook]) == 4
+    assert hook.seen == [(2, [0, 2]), (4, [0, 2, 4])]
 
 
 # ---------------------------------------------------------------------------- TF_CONFIG

@@ -4,6 +4,7 @@ Layout (``RunFolder`` names every path; nothing else in tfod spells them)::
 
     <run_dir>/
       pipeline.config      the exact config the trainer and the evaluator read
+      settings.json        the training settings they read (steps, checkpoints, early stop...)
       launch.json          how the run was launched (backend, commands, flags, versions, commit)
       logs/train.log       trainer output (appended across restarts and reruns)
       logs/eval.log        evaluator output
@@ -51,6 +52,10 @@ class RunFolder:
     @property
     def pipeline_config(self) -> Path:
         return self.root / "pipeline.config"
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "settings.json"
 
     @property
     def launch_json(self) -> Path:
@@ -130,6 +135,7 @@ class RunFolder:
         """The layout, one line per entry, marking what exists already (for --dry_run)."""
         entries = [
             (self.pipeline_config, "the exact pipeline config of the run"),
+            (self.settings, "the training settings the trainer and the evaluator read"),
             (self.launch_json, "backend, commands, image, flags, versions, git commit"),
             (self.train_log, "trainer output"),
             (self.eval_log, "evaluator output"),

@@ -21,7 +21,7 @@ from absl import flags
 from tfod import cli
 from tfod.config import registry
 from tfod.config.request import ConfigRequest
-from tfod.train import campaign, launch
+from tfod.train import campaign, launch, settings
 
 CONFIG = cli.define_config_flags(registry.REGISTRY, pipeline_config=True)
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run folder (default runs/<model>-fold<k>).")
@@ -36,21 +36,11 @@ _TENSORBOARD_HOST = flags.DEFINE_string("tensorboard_host", "127.0.0.1",
                                         "Address TensorBoard listens on (0.0.0.0: the network).")
 _MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 2, "Restarts of a crashed trainer.",
                                      lower_bound=0)
-_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.",
-                                         lower_bound=1)
-_MAX_TO_KEEP = flags.DEFINE_integer("max_to_keep", 7, "Checkpoints kept (the best is copied "
-                                    "to best/ anyway).", lower_bound=1)
-_LOG_EVERY = flags.DEFINE_integer("log_every", 100, "Steps between loss log lines.",
-                                  lower_bound=1)
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Machines in multi-worker training (each "
-                                    "runs tfod-train with its own TF_CONFIG).", lower_bound=1)
 _SHM_SIZE = flags.DEFINE_string("shm_size", "8g", "Docker --shm-size of train/eval containers.")
-_TRAINER_TIMEOUT = flags.DEFINE_float(
-    "trainer_timeout", 300.0, "The evaluator stops after this many seconds without a new "
-    "checkpoint or a trainer heartbeat.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the run-folder plan and the exact "
                              "commands; start nothing.")
-# Cross-validation campaign and early stopping (docs/train.md).
+SETTINGS = settings.define_flags(__name__)  # --checkpoint_every --trainer_timeout --patience ...
+# Cross-validation campaign (docs/train.md).
 _FOLDS = flags.DEFINE_string("folds", None, "Train these folds ('0,1,2' or 'all') into "
                              "<run_root>/<model>-fold<k>, then <run_root>/<model>-cv/oof.csv.")
 _RUN_ROOT = flags.DEFINE_string("run_root", "runs", "Parent of a campaign's run folders.")
@@ -58,10 +48,6 @@ _PARALLEL_FOLDS = flags.DEFINE_bool("parallel_folds", False, "With --folds and -
                                     "one fold per GPU at the same time.")
 _LABELS_CSV = flags.DEFINE_string("labels_csv", None, "Labels to score the out-of-fold set "
                                   "(default: the one the converted folder was made from).")
-_PATIENCE = flags.DEFINE_integer("patience", 0, "Stop after this many evaluations without a "
-                                 "better rsna/score; 0: never.", lower_bound=0)
-_MIN_DELTA = flags.DEFINE_float("min_delta", 0.0, "A better rsna/score beats the best by more "
-                                "than this.", lower_bound=0.0, upper_bound=1.0)
 
 
 def flag_values() -> dict:
@@ -71,15 +57,11 @@ def flag_values() -> dict:
 
 
 def launch_options() -> dict:
-    """The LaunchSpec fields given by the flags."""
+    """The LaunchSpec fields and the training settings given by the flags."""
     return dict(
         gpus=_GPUS.value, eval_device=_EVAL_DEVICE.value, image=_IMAGE.value,
         tensorboard_port=_TENSORBOARD_PORT.value, tensorboard_host=_TENSORBOARD_HOST.value,
-        max_restarts=_MAX_RESTARTS.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-        max_to_keep=_MAX_TO_KEEP.value, log_every=_LOG_EVERY.value,
-        num_workers=_NUM_WORKERS.value, shm_size=_SHM_SIZE.value,
-        trainer_timeout=_TRAINER_TIMEOUT.value, patience=_PATIENCE.value,
-        min_delta=_MIN_DELTA.value,
+        max_restarts=_MAX_RESTARTS.value, shm_size=_SHM_SIZE.value, settings=SETTINGS(),
     )
 
 

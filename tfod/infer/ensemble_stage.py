@@ -92,11 +92,7 @@ def read_detections_input(text: str) -> Model:
     if not csv.is_file():
         raise BadInput("no such detections CSV" + (" in the run folder" if path.is_dir() else ""),
                        csv)
-    try:
-        table = det.read_detections(csv)
-    except det.FormatError as error:
-        raise BadInput(str(error)) from None
-    return Model(path.name if path.is_dir() else path.stem, table)
+    return Model(path.name if path.is_dir() else path.stem, det.read_detections(csv))
 
 
 def predicted_models(request: EnsembleRequest) -> list[Model]:
@@ -207,10 +203,7 @@ def fit_models(request: EnsembleRequest, names, models, image_size, gate) -> fit
     """Run the search and write ``ensemble.json`` and the threshold curves."""
     if not request.labels_csv or not request.fit_dir:
         raise BadInput("--fit needs --labels_csv and --fit_dir")
-    try:
-        labels = det.read_labels(request.labels_csv)
-    except det.FormatError as error:
-        raise BadInput(str(error)) from None
+    labels = det.read_labels(request.labels_csv)  # a FormatError is a BadInput: file and row
     models, folds = _validation(models, request.folds_csv)
     result = fit.fit(models, names, labels, image_size, request.params, request.threshold,
                      request.box_scale, folds=folds, transform=gate, workers=request.workers,

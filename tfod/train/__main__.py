@@ -1,7 +1,10 @@
-"""``python -m tfod.train train|eval``: the trainer and evaluator processes the launchers start.
+"""``python -m tfod.train train|eval --run_dir DIR``: the trainer and evaluator processes the
+launchers start.
 
-``train`` runs :func:`tfod.train.trainer.train` (exit code 3 on a NaN loss), ``eval`` runs
-:func:`tfod.train.evaluator.evaluate`; ``--help`` on each lists its flags.
+Each reads the run folder's ``pipeline.config`` and ``settings.json`` (written by the launcher,
+:class:`tfod.train.settings.TrainSettings`). ``train`` runs :func:`tfod.train.trainer.train`
+(exit code 3 on a NaN loss), ``eval`` runs :func:`tfod.train.evaluator.evaluate`. Missing or
+bad settings print one line and exit 2.
 """
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ import argparse
 import logging
 import sys
 
+from tfod.errors import BAD_INPUT, BadInput
 from tfod.errors import NAN_LOSS as NAN_EXIT_CODE
 from tfod.runfolder import FAILED, NAN_LOSS, RunFolder, write_status
+from tfod.train.settings import TrainSettings
 
 log = logging.getLogger("tfod.train")
 
@@ -18,26 +23,9 @@ log = logging.getLogger("tfod.train")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tfod.train",
                                      description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("train", "eval"):
-        command = commands.add_parser(name)
-        command.add_argument("--pipeline_config", required=True)
-        command.add_argument("--run_dir", required=True)
-        command.add_argument("--num_steps", type=int, default=None)
-    trainer = commands.choices["train"]
-    trainer.add_argument("--checkpoint_every", type=int, default=1000)
-    trainer.add_argument("--max_to_keep", type=int, default=7)
-    trainer.add_argument("--num_workers", type=int, default=1,
-                         help="MultiWorkerMirroredStrategy over the workers of TF_CONFIG if > 1")
-    trainer.add_argument("--log_every", type=int, default=100)
-    trainer.add_argument("--cpu_replicas", type=int, default=0,
-                         help="mirror over this many logical CPU devices (the several-GPU "
-                              "path without GPUs)")
-    evaluator = commands.choices["eval"]
-    evaluator.add_argument("--poll_seconds", type=float, default=5.0)
-    evaluator.add_argument("--trainer_timeout", type=float, default=300.0)
-    evaluator.add_argument("--patience", type=int, default=0)
-    evaluator.add_argument("--min_delta", type=float, default=0.0)
+    parser.add_argument("command", choices=("train", "eval"))
+    parser.add_argument("--run_dir", required=True,
+                        help="the run folder: its pipeline.config and settings.json are read")
     return parser
 
 
@@ -55,20 +43,23 @@ def _setup_logging() -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging()
     run = RunFolder(args.run_dir)
+    try:
+        settings = TrainSettings.read(run)
+    except BadInput as error:
+        print(f"python -m tfod.train {args.command}: error: {error}", file=sys.stderr)
+        return BAD_INPUT
+    _setup_logging()
     if args.command == "eval":
         from tfod.train.evaluator import evaluate
 
-        evaluate(args.pipeline_config, run.root, args.num_steps, args.poll_seconds,
-                 args.trainer_timeout, args.patience, args.min_delta)
+        evaluate(run.root, settings)
         return 0
     from tfod.train.hooks import NonFiniteLoss
     from tfod.train.trainer import train
 
     try:
-        train(args.pipeline_config, run.root, args.num_steps, args.checkpoint_every,
-              args.max_to_keep, args.num_workers, args.log_every, cpu_replicas=args.cpu_replicas)
+        train(run.root, settings)
     except NonFiniteLoss as error:
         write_status(run, NAN_LOSS, error=str(error))
         log.error("%s", error)

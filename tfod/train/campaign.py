@@ -30,8 +30,8 @@ from tfod.data import records
 from tfod.runfolder import FINISHED, RunFolder, read_json, read_status
 from tfod.train import cv
 from tfod.train.launch import LaunchError, launch_run
+from tfod.train.launch.base import stop_signals_as_interrupt
 from tfod.train.launch.common import normalize_gpus
-from tfod.train.launch.local import stop_signals_as_interrupt
 
 LANES_DIR = "lanes"
 

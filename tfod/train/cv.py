@@ -25,6 +25,7 @@ import numpy as np
 
 from tfod import detections as det
 from tfod.detections import ImageBoxes
+from tfod.errors import BadInput
 from tfod.runfolder import RunFolder, read_json, write_json
 from tfod.scoring import metric
 
@@ -32,8 +33,9 @@ OOF_CSV, CV_JSON, CV_PLOT = "oof.csv", "cv.json", "cv_scores.png"
 FOLD_NAME = re.compile(r"fold(\d+)$")
 
 
-class OofError(ValueError):
-    """Run folders that do not make an out-of-fold set (no best checkpoint, an image twice)."""
+class OofError(BadInput):
+    """Run folders that do not make an out-of-fold set (no best checkpoint, an image twice):
+    bad input (exit 2), as the folders are what the user gave."""
 
 
 def _number(value) -> float | None:

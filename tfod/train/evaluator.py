@@ -40,13 +40,8 @@ from tfod.runfolder import (
 )
 from tfod.scoring import metric as score
 from tfod.train import early_stop
-from tfod.train.odapi import (
-    TrainError,
-    build_variables,
-    losses_and_predictions,
-    read_configs,
-    target_steps,
-)
+from tfod.train.odapi import TrainError, build_variables, losses_and_predictions, read_configs
+from tfod.train.settings import TrainSettings
 
 log = logging.getLogger("tfod.train")
 
@@ -356,25 +351,23 @@ def _evaluated_steps(done: Mapping) -> list[int]:
     return [entry["step"] for entry in done.values()]
 
 
-def evaluate(pipeline_config, run_dir, num_steps: int | None = None, poll_seconds: float = 5.0,
-             trainer_timeout: float = 300.0, patience: int = 0,
-             min_delta: float = 0.0) -> dict | None:
+def evaluate(run_dir, settings: TrainSettings) -> dict | None:
     """Score each new checkpoint of ``run_dir`` once; return the best (``best_checkpoint.json``).
 
-    Stops after the checkpoint at ``num_steps`` (default: the config's), when the trainer's
-    state is terminal (finished, NaN loss, stopped by the launcher) and every checkpoint is
-    scored, or when no checkpoint and no heartbeat came for ``trainer_timeout`` seconds.
-    Step-0 checkpoints (untrained weights) are skipped. With ``patience``, after each
+    Stops after the checkpoint at ``settings.num_steps``, when the trainer's state is terminal
+    (finished, NaN loss, stopped by the launcher) and every checkpoint is scored, or when no
+    checkpoint and no heartbeat came for ``settings.trainer_timeout`` seconds. Step-0
+    checkpoints (untrained weights) are skipped. With ``settings.patience``, after each
     evaluation it asks the trainer to stop once the run stopped improving
     (:mod:`tfod.train.early_stop`), and goes on until the trainer has stopped.
     """
     run = RunFolder(run_dir).create()
-    target = target_steps(read_configs(pipeline_config), num_steps)
+    target = settings.num_steps
     done = read_json(run.evaluated, default={}) or {}
     if any(step >= target for step in _evaluated_steps(done)):
         log.info("step %d is already evaluated: nothing to do", target)
         return read_json(run.best_checkpoint)
-    scorer = CheckpointScorer(pipeline_config, run)
+    scorer = CheckpointScorer(run.pipeline_config, run)
     last_progress = time.time()
     while True:
         status = read_status(run)  # read before listing: a final checkpoint precedes its state
@@ -383,7 +376,7 @@ def evaluate(pipeline_config, run_dir, num_steps: int | None = None, poll_second
             if not _score_one(scorer, run, checkpoint, done):
                 continue
             last_progress = time.time()
-            early_stop.request_if_stale(run, done, patience, min_delta)
+            early_stop.request_if_stale(run, done, settings.patience, settings.min_delta)
             if checkpoint.step >= target:
                 log.info("evaluated the final step %d: evaluator done", checkpoint.step)
                 return read_json(run.best_checkpoint)
@@ -394,11 +387,11 @@ def evaluate(pipeline_config, run_dir, num_steps: int | None = None, poll_second
                      status["state"])
             return read_json(run.best_checkpoint)
         quiet = time.time() - max(float(status.get("time", 0)), last_progress)
-        if quiet > trainer_timeout:
+        if quiet > settings.trainer_timeout:
             log.warning("no new checkpoint and no trainer heartbeat for %.0f s: evaluator stops",
                         quiet)
             return read_json(run.best_checkpoint)
-        time.sleep(poll_seconds)
+        time.sleep(settings.eval_poll_seconds)
 
 
 def _score_one(scorer: CheckpointScorer, run: RunFolder, checkpoint: Checkpoint,

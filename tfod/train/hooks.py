@@ -8,7 +8,8 @@ heartbeat thread stops and a NaN run is never saved.
 
 What a hook may read on the trainer: ``run``, ``start``, ``step``, ``target``,
 ``steps_per_call``, ``losses`` (floats of the last step, with ``learning_rate``),
-``seconds_per_step``, ``is_chief``, ``manager`` (its ``tf.train.CheckpointManager``), ``error``;
+``seconds_per_step``, ``is_chief``, ``strategy``, ``manager`` (its
+``tf.train.CheckpointManager``), ``error``;
 and it may set ``stop_reason`` to end training after the current call.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import math
 import threading
 
+from tfod.progress import format_duration
 from tfod.runfolder import RUNNING, latest_checkpoint, read_stop_request, write_status
 from tfod.train.odapi import LOSS_KEY, TrainError
 
@@ -56,8 +58,9 @@ class NonFiniteLossCheck(Hook):
 
 
 class Heartbeat(Hook):
-    """Writes ``train_status.json`` (state ``running``, the step) every few seconds from a
-    thread, so that the evaluator and the launcher see a trainer stuck inside one long call."""
+    """Writes ``train_status.json`` (state ``running``, the step, the target and the seconds
+    per step) every few seconds from a thread: the evaluator sees a trainer stuck inside one
+    long call, and the launcher shows progress from it."""
 
     def __init__(self, seconds: float = 10.0):
         self.seconds = seconds
@@ -70,7 +73,8 @@ class Heartbeat(Hook):
 
         def beat():
             while True:
-                write_status(trainer.run, RUNNING, step=trainer.step, target=trainer.target)
+                write_status(trainer.run, RUNNING, step=trainer.step, target=trainer.target,
+                             seconds_per_step=trainer.seconds_per_step)
                 if self._stop.wait(self.seconds):
                     return
 
@@ -108,8 +112,8 @@ class PeriodicCheckpoint(Hook):
 
 
 class ProgressLog(Hook):
-    """Logs ``Step N per-step time Xs`` (the OD API's line, which the launcher turns into its
-    progress line), the losses, the learning rate and the ETA every ``every`` steps."""
+    """Logs ``Step N per-step time Xs`` (the OD API's line), the losses, the learning rate and
+    the ETA every ``every`` steps, into the trainer's log."""
 
     def __init__(self, every: int):
         self.every = every
@@ -125,13 +129,7 @@ class ProgressLog(Hook):
         eta = (trainer.target - trainer.step) * trainer.seconds_per_step
         values = ", ".join(f"{name} {value:.4g}" for name, value in trainer.losses.items())
         log.info("Step %d per-step time %.3fs, ETA %s; %s", trainer.step,
-                 trainer.seconds_per_step, _duration(eta), values)
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+                 trainer.seconds_per_step, format_duration(eta), values)
 
 
 class TrainSummaries(Hook):
@@ -164,10 +162,25 @@ class TrainSummaries(Hook):
 
 class StopRequest(Hook):
     """Ends training after the current call when the run folder holds a stop request
-    (``stop_request.json``: early stopping, or a user); the final step is then saved."""
+    (``stop_request.json``: early stopping, or a user); the final step is then saved.
+
+    Several workers must stop at the same step (each waits for the others in every step), so
+    with more than one worker the request counts once any worker has seen it (a MAX over the
+    workers after each call)."""
 
     def after_step(self, trainer) -> None:
         reason = read_stop_request(trainer.run)
-        if reason is not None:
+        if _workers_agree(trainer.strategy, reason is not None):
+            reason = reason or read_stop_request(trainer.run) or "stop requested by a worker"
             log.info("stop requested at step %d: %s", trainer.step, reason)
             trainer.stop_reason = reason
+
+
+def _workers_agree(strategy, seen: bool) -> bool:
+    """Whether any worker of ``strategy`` has ``seen`` (just ``seen`` for a single worker)."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return seen
+    flags = strategy.run(lambda: tf.constant(float(seen)))
+    return bool(strategy.reduce(tf.distribute.ReduceOp.MAX, flags, axis=None) > 0)

@@ -8,7 +8,6 @@ internals that change between releases.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import tfod.compat  # noqa: F401  (before object_detection)
@@ -28,14 +27,6 @@ def read_configs(pipeline_config) -> dict:
     if not path.is_file():
         raise TrainError(f"pipeline config {path} does not exist")
     return config_util.get_configs_from_pipeline_file(str(path))
-
-
-def target_steps(configs: Mapping, num_steps: int | None) -> int:
-    """The step to train to: ``num_steps``, else the config's ``train_config.num_steps``."""
-    steps = num_steps or configs["train_config"].num_steps
-    if steps <= 0:
-        raise TrainError("no step count: pass num_steps or set train_config.num_steps")
-    return int(steps)
 
 
 def losses_and_predictions(model, features, labels, unpad_groundtruth: bool,

@@ -30,11 +30,13 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 
 import tfod.compat  # noqa: F401  (before object_detection)
 from tfod.runfolder import FINISHED, RunFolder, latest_checkpoint, read_stop_request, write_status
 from tfod.train import hooks as train_hooks
-from tfod.train.odapi import LOSS_KEY, TrainError, build_variables, read_configs, target_steps
+from tfod.train.odapi import LOSS_KEY, TrainError, build_variables, read_configs
+from tfod.train.settings import TrainSettings
 
 NAN_MESSAGE = "tfod: the training loss is not finite"
 MAX_STEPS_PER_CALL = 100
@@ -232,32 +234,33 @@ class Trainer:
         return self.step
 
 
-def default_hooks(checkpoint_every: int, log_every: int, heartbeat_seconds: float) -> list:
+def default_hooks(settings: TrainSettings, heartbeat_seconds: float) -> list[train_hooks.Hook]:
     """NaN check first (nothing NaN is saved), then stop request, checkpoint, log, events."""
     return [train_hooks.NonFiniteLossCheck(), train_hooks.StopRequest(),
-            train_hooks.PeriodicCheckpoint(checkpoint_every), train_hooks.ProgressLog(log_every),
-            train_hooks.TrainSummaries(), train_hooks.Heartbeat(heartbeat_seconds)]
+            train_hooks.PeriodicCheckpoint(settings.checkpoint_every),
+            train_hooks.ProgressLog(settings.log_every), train_hooks.TrainSummaries(),
+            train_hooks.Heartbeat(heartbeat_seconds)]
 
 
-def train(pipeline_config, run_dir, num_steps: int | None = None, checkpoint_every: int = 1000,
-          max_to_keep: int = 7, num_workers: int = 1, log_every: int = 100,
-          heartbeat_seconds: float = 10.0, cpu_replicas: int = 0) -> int:
-    """Train to ``num_steps`` (default: the config's), resuming from the run folder; return
-    the final step, which is always saved as a checkpoint."""
-    strategy = choose_strategy(num_workers, cpu_replicas)  # before any other TensorFlow work
+def train(run_dir, settings: TrainSettings, hooks: Sequence[train_hooks.Hook] = (),
+          heartbeat_seconds: float = 10.0) -> int:
+    """Train the run's ``pipeline.config`` to ``settings.num_steps``, resuming from the run
+    folder; return the final step, which is always saved as a checkpoint. ``hooks`` run after
+    the default ones (:func:`default_hooks`), as detectron2's ``register_hooks`` adds them."""
+    strategy = choose_strategy(settings.num_workers, settings.cpu_replicas)  # TF's first work
     run = RunFolder(run_dir).create()
-    configs = read_configs(pipeline_config)
-    target = target_steps(configs, num_steps)
-    _check_input_shards(configs["train_input_config"], num_workers)
+    configs = read_configs(run.pipeline_config)
+    target = settings.num_steps
+    _check_input_shards(configs["train_input_config"], settings.num_workers)
     is_chief = strategy.extended.should_checkpoint
     latest = latest_checkpoint(run.root)
     if _nothing_to_train(run, latest, target):
         return latest.step
-    per_call = steps_per_iteration(latest.step if latest else 0, target, checkpoint_every)
+    per_call = steps_per_iteration(latest.step if latest else 0, target, settings.checkpoint_every)
     log.info("strategy %s with %d replica(s); %d step(s) per call", type(strategy).__name__,
              strategy.num_replicas_in_sync, per_call)
-    trainer = Trainer(run, configs, strategy, target, per_call, max_to_keep,
-                      default_hooks(checkpoint_every, log_every, heartbeat_seconds))
+    trainer = Trainer(run, configs, strategy, target, per_call, settings.max_to_keep,
+                      default_hooks(settings, heartbeat_seconds) + list(hooks))
     step = trainer.train()
     if is_chief:
         stopped = ({"stopped_early": True, "reason": trainer.stop_reason}

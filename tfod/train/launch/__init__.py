@@ -16,25 +16,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tfod.runfolder import RunFolder
+from tfod.train.launch.base import Launcher
 from tfod.train.launch.common import (
     LaunchError,
     LaunchSpec,
-    RunLock,
     RunLocked,
-    adopt_config,
     config_change,
     config_inputs,
     config_steps,
-    require_gpus,
-    write_launch_record,
 )
 from tfod.train.launch.docker import DockerLauncher
 from tfod.train.launch.local import LocalLauncher
+from tfod.train.settings import TrainSettings
 
 if TYPE_CHECKING:  # the request is the config stage's; the launcher only calls .write()
     from tfod.config.request import ConfigRequest
 
-BACKENDS = ("local", "docker")
+BACKENDS: dict[str, type[Launcher]] = {launcher.name: launcher
+                                       for launcher in (LocalLauncher, DockerLauncher)}
 
 __all__ = ["BACKENDS", "LaunchError", "LaunchSpec", "RunLocked", "default_run_dir",
            "launch_run", "make_launcher", "plan_lines"]
@@ -51,12 +50,11 @@ def default_run_dir(request: ConfigRequest) -> Path:
                       "pass --run_dir")
 
 
-def make_launcher(spec: LaunchSpec, backend: str, echo: Callable[[str], None] = print):
-    if backend == "local":
-        return LocalLauncher(spec, echo=echo)
-    if backend == "docker":
-        return DockerLauncher(spec, echo=echo)
-    raise LaunchError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+def make_launcher(spec: LaunchSpec, backend: str, echo: Callable[[str], None] = print
+                  ) -> Launcher:
+    if backend not in BACKENDS:
+        raise LaunchError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return BACKENDS[backend](spec, echo=echo)
 
 
 def plan_lines(spec: LaunchSpec, launcher, backend: str, change: str | None) -> list[str]:
@@ -67,13 +65,13 @@ def plan_lines(spec: LaunchSpec, launcher, backend: str, change: str | None) -> 
         lines.append(f"ERROR: {change}")
     elif run.pipeline_config.exists():
         lines.append("pipeline.config: identical to the run's: training resumes")
-    lines.append(f"steps: {spec.num_steps}, checkpoint every {spec.checkpoint_every}, "
+    lines.append(f"steps: {spec.num_steps}, checkpoint every {spec.settings.checkpoint_every}, "
                  f"backend {backend}, gpus {spec.gpus or 'none (CPU)'}, "
                  f"evaluator {spec.eval_device}, max restarts {spec.max_restarts}")
     if backend == "docker":
         lines.append("read-only mounts: " + ", ".join(map(str, spec.read_only_inputs)))
     lines.append("commands:")
-    environments = launcher.environment() if backend == "local" else {}
+    environments = launcher.environment()
     for role, argv in launcher.commands().items():
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in environments.get(role, {}).items())
         lines.append(f"  [{role}] " + (env + " " if env else "") + shlex.join(argv))
@@ -82,32 +80,25 @@ def plan_lines(spec: LaunchSpec, launcher, backend: str, change: str | None) -> 
 
 def launch_run(request: ConfigRequest, run_dir: str | Path | None = None, backend: str = "local",
                dry_run: bool = False, flags: dict | None = None,
-               echo: Callable[[str], None] = print, **options) -> int:
+               echo: Callable[[str], None] = print, settings: dict | None = None,
+               **options) -> int:
     """Launch (or with ``dry_run`` plan) one training run; return the exit code.
 
-    ``options`` are :class:`LaunchSpec` fields (``checkpoint_every``, ``gpus``,
-    ``eval_device``, ``tensorboard_port``, ``max_restarts``, ``image``...).
+    ``settings`` are :class:`~tfod.train.settings.TrainSettings` fields other than
+    ``num_steps`` (which comes from the request, else the config); ``options`` are
+    :class:`LaunchSpec` fields (``gpus``, ``eval_device``, ``tensorboard_port``,
+    ``max_restarts``, ``image``...).
     """
-    if backend not in BACKENDS:
-        raise LaunchError(f"--backend must be one of {BACKENDS}, got {backend!r}")
     run = RunFolder(run_dir or default_run_dir(request))
     with tempfile.TemporaryDirectory(prefix="tfod-config-") as tmp:
         candidate = request.write(Path(tmp) / "pipeline.config")
         num_steps = request.num_steps or config_steps(candidate)
         if not num_steps:
             raise LaunchError("no step count: pass --num_steps or set train_config.num_steps")
-        spec = LaunchSpec(run_dir=run.root, num_steps=num_steps,
+        spec = LaunchSpec(run_dir=run.root, settings=TrainSettings(num_steps, **(settings or {})),
                           read_only_inputs=config_inputs(candidate), **options)
         launcher = make_launcher(spec, backend, echo)
         if dry_run:
             echo("\n".join(plan_lines(spec, launcher, backend, config_change(run, candidate))))
             return 0
-        require_gpus(spec)
-        with RunLock(run) as lock:
-            if lock.took_over:
-                echo(f"took over {lock.path} from launcher pid {lock.took_over}, which is gone")
-            adopt_config(run, candidate)
-            run.create()
-            write_launch_record(spec, backend, launcher.commands(), flags or {},
-                                image=spec.image if backend == "docker" else None)
-            return launcher.launch().exit_code
+        return launcher.launch(candidate, flags).exit_code

@@ -25,6 +25,7 @@ from pathlib import Path
 from tfod.errors import NAN_LOSS as NAN_EXIT_CODE  # noqa: F401  (the launchers' name)
 from tfod.errors import BadInput
 from tfod.runfolder import RunFolder, read_json, write_json
+from tfod.train.settings import TrainSettings
 
 TRAIN, EVAL, TENSORBOARD = "train", "eval", "tensorboard"
 REPO = Path(__file__).resolve().parents[3]
@@ -40,46 +41,37 @@ class LaunchError(BadInput):
 
 @dataclass
 class LaunchSpec:
-    """Everything a launcher needs to start one run (paths absolute, steps resolved)."""
+    """Everything a launcher needs to start one run: where, the run's training settings (which
+    its processes read from the run folder), and how the processes run (devices, TensorBoard,
+    restarts, Docker image). Paths are absolute."""
 
     run_dir: Path
-    num_steps: int
-    checkpoint_every: int = 1000
-    max_to_keep: int = 7
-    log_every: int = 100
+    settings: TrainSettings
     gpus: str = ""  # "", "all", "0", "0,1"
     eval_device: str = "cpu"  # "cpu", "gpu:N", "none"
     tensorboard_port: int = 0
     tensorboard_host: str = "127.0.0.1"
     max_restarts: int = 2
-    num_workers: int = 1
     image: str = "tfod:latest"
     shm_size: str = "8g"
-    eval_poll_seconds: float = 5.0
-    trainer_timeout: float = 300.0
-    patience: int = 0  # evaluations without a better rsna/score before stopping; 0: never
-    min_delta: float = 0.0  # what counts as better
     read_only_inputs: list[Path] = field(default_factory=list)  # data and checkpoints (docker)
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir).expanduser().resolve()
         self.gpus = normalize_gpus(self.gpus)
         parse_eval_device(self.eval_device)
-        if self.num_steps <= 0:
-            raise LaunchError(f"num_steps must be positive, got {self.num_steps}")
-        if self.checkpoint_every <= 0:
-            raise LaunchError(f"checkpoint_every must be positive, got {self.checkpoint_every}")
         if self.max_restarts < 0:
             raise LaunchError(f"max_restarts must be >= 0, got {self.max_restarts}")
-        if self.patience < 0 or not 0 <= self.min_delta < 1:
-            raise LaunchError(f"patience must be >= 0 and min_delta in [0, 1), got "
-                              f"{self.patience} and {self.min_delta}")
-        if self.patience and not self.evaluates:
+        if self.settings.patience and not self.evaluates:
             raise LaunchError("--patience needs the evaluator: drop --eval_device=none")
 
     @property
     def run(self) -> RunFolder:
         return RunFolder(self.run_dir)
+
+    @property
+    def num_steps(self) -> int:
+        return self.settings.num_steps
 
     @property
     def evaluates(self) -> bool:
@@ -167,22 +159,14 @@ def cuda_visible_devices(role: str, spec: LaunchSpec) -> str | None:
 def module_argv(role: str, spec: LaunchSpec, python: str = "python",
                 bind_all: bool = False) -> list[str]:
     """The command of a role, the same locally and in a container but for ``python`` and
-    TensorBoard's address (a container binds every address and publishes one port)."""
+    TensorBoard's address (a container binds every address and publishes one port). The
+    trainer and the evaluator read everything else from the run folder."""
     run = spec.run
     if role == TENSORBOARD:
         address = ["--bind_all"] if bind_all else ["--host", spec.tensorboard_host]
         return [python, "-m", "tensorboard.main", "--logdir", str(run.root),
                 "--port", str(spec.tensorboard_port), *address]
-    common = [python, "-m", "tfod.train", role, "--pipeline_config", str(run.pipeline_config),
-              "--run_dir", str(run.root), "--num_steps", str(spec.num_steps)]
-    if role == TRAIN:
-        return common + ["--checkpoint_every", str(spec.checkpoint_every),
-                         "--max_to_keep", str(spec.max_to_keep), "--log_every", str(spec.log_every),
-                         "--num_workers", str(spec.num_workers)]
-    early_stop = ["--patience", str(spec.patience), "--min_delta", str(spec.min_delta)]
-    return common + ["--poll_seconds", str(spec.eval_poll_seconds),
-                     "--trainer_timeout", str(spec.trainer_timeout)] + early_stop * (
-        spec.patience > 0)
+    return [python, "-m", "tfod.train", role, "--run_dir", str(run.root)]
 
 
 def role_env(role: str, spec: LaunchSpec) -> dict[str, str]:

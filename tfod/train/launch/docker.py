@@ -20,33 +20,22 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tfod.runfolder import LAUNCHED, STOPPED, read_json, read_status, write_status
+from tfod.runfolder import STOPPED, write_status
+from tfod.train.launch.base import Launcher, log_path
 from tfod.train.launch.common import (
     EVAL,
-    NAN_EXIT_CODE,
     TENSORBOARD,
     TRAIN,
     LaunchError,
     LaunchSpec,
     module_argv,
     parse_eval_device,
-    require_gpus,
     role_env,
     roles,
-)
-from tfod.train.launch.local import (
-    LogFollower,
-    Outcome,
-    echo_progress,
-    exit_code,
-    log_path,
-    report,
-    stop_signals_as_interrupt,
 )
 
 CONTAINER_ENV = {"HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib"}  # any uid, no home needed
@@ -88,7 +77,7 @@ def docker_run_argv(spec: LaunchSpec, role: str, user: str | None = None) -> lis
     user = user or f"{os.getuid()}:{os.getgid()}"
     argv = ["docker", "run", "--detach", "--name", container_name(spec, role),
             "--label", f"tfod.run={run.root}", "--label", f"tfod.role={role}", "--user", user]
-    if role == TRAIN and spec.num_workers > 1:
+    if role == TRAIN and spec.settings.num_workers > 1:
         argv += ["--network", "host"]  # workers reach each other at the TF_CONFIG addresses
     gpus = role_gpus(spec, role)
     if gpus:
@@ -172,63 +161,28 @@ class ContainerLogs:
             self.process.wait(10)
 
 
-class DockerLauncher:
-    """Starts the run's containers and watches them until the trainer and evaluator end."""
+class DockerLauncher(Launcher):
+    """Starts the run's containers; the base class watches them until the trainer and the
+    evaluator end."""
+
+    name = "docker"
 
     def __init__(self, spec: LaunchSpec, echo: Callable[[str], None] = print,
                  poll_seconds: float = 2.0, user: str | None = None):
-        self.spec, self.echo, self.poll_seconds = spec, echo, poll_seconds
-        self.run = spec.run
+        super().__init__(spec, echo, poll_seconds)
         self.names = {role: container_name(spec, role) for role in roles(spec)}
         self.argv = docker_commands(spec, user)
+        self.logs: dict[str, ContainerLogs] = {}
+        self.started: list[str] = []
 
     def commands(self) -> dict[str, list[str]]:
         return dict(self.argv)
 
-    def launch(self) -> Outcome:
-        require_gpus(self.spec)  # before any docker call: a GPU command never runs without one
+    def launch_record_image(self) -> str | None:
+        return self.spec.image
+
+    def prepare(self) -> None:
         require_docker()
-        self.run.create()
-        self._remove_finished_containers()
-        write_status(self.run, LAUNCHED, target=self.spec.num_steps)
-        followers = {role: LogFollower(log_path(self.run, role)) for role in self.argv}
-        logs: dict[str, ContainerLogs] = {}
-        try:
-            with stop_signals_as_interrupt():
-                self._start_containers(logs)
-                return self._watch(logs, followers)
-        except KeyboardInterrupt:
-            self.echo("interrupted: stopping the containers (the latest checkpoint is kept)")
-            for name in self.names.values():
-                _docker("stop", name, check=False)
-            write_status(self.run, STOPPED, reason="interrupted")
-            return Outcome(130, messages=["interrupted"])
-        finally:
-            if TENSORBOARD in self.names:
-                _docker("rm", "--force", self.names[TENSORBOARD], check=False)
-            for follower in logs.values():
-                follower.stop()
-
-    def _start_containers(self, logs: dict[str, ContainerLogs]) -> None:
-        """``docker run`` every role; on any failure remove what was started, then raise."""
-        tried = []
-        try:
-            for role, argv in self.argv.items():
-                tried.append(self.names[role])  # a failed `run` can leave a created container
-                container = _docker(*argv[1:]).stdout.strip()
-                self.echo(f"[{role}] container {self.names[role]} ({container[:12]}), "
-                          f"log {log_path(self.run, role)}")
-                logs[role] = ContainerLogs(self.names[role], log_path(self.run, role))
-                logs[role].ensure_following()
-        except BaseException:
-            for follower in logs.values():
-                follower.stop()
-            if tried:
-                _docker("rm", "--force", *tried, check=False)
-            write_status(self.run, STOPPED, reason="launch failed")
-            raise
-
-    def _remove_finished_containers(self) -> None:
         for role, name in self.names.items():
             state = container_state(name)
             if state is None:
@@ -238,70 +192,49 @@ class DockerLauncher:
                                   f"watch it with `docker logs -f {name}` or stop it first")
             _docker("rm", "--force", name)
 
-    def _watch(self, logs: dict[str, ContainerLogs], followers: dict[str, LogFollower]
-               ) -> Outcome:
-        outcome = Outcome(exit_code=0)
-        done: dict[str, int] = {}
-        while True:
-            time.sleep(self.poll_seconds)
-            echo_progress(followers, self.spec.num_steps, self.echo)
-            for role in (TRAIN, EVAL):
-                if role in logs and role not in done:
-                    self._check(role, logs[role], done, outcome)
-            if TRAIN in done and (EVAL not in logs or EVAL in done):
-                break
-        echo_progress(followers, self.spec.num_steps, self.echo)
-        outcome.trainer_code, outcome.evaluator_code = done[TRAIN], done.get(EVAL)
-        outcome.exit_code = exit_code(done[TRAIN], done.get(EVAL),
-                                      read_status(self.run).get("state"))
-        best = read_json(self.run.best_checkpoint)
-        self.echo(f"trainer exit code {done[TRAIN]} after {outcome.restarts} restart(s)"
-                  + (f"; best {best['checkpoint']} rsna/score {best['score']:.4f}" if best else ""))
-        return outcome
+    def start(self, role: str) -> None:
+        """``docker run`` the role; on a failure remove every container started, then raise."""
+        name = self.names[role]
+        self.started.append(name)  # a failed `run` can leave a created container
+        try:
+            container = _docker(*self.argv[role][1:]).stdout.strip()
+        except BaseException:
+            for follower in self.logs.values():
+                follower.stop()
+            _docker("rm", "--force", *self.started, check=False)
+            write_status(self.run, STOPPED, reason="launch failed")
+            raise
+        self.echo(f"[{role}] container {name} ({container[:12]}), log {log_path(self.run, role)}")
+        self.logs[role] = ContainerLogs(name, log_path(self.run, role))
+        self.logs[role].ensure_following()
 
-    def _check(self, role: str, logs: ContainerLogs, done: dict, outcome: Outcome) -> None:
+    def restart(self, role: str) -> None:
+        _docker("start", self.names[role])
+        self.logs[role].ensure_following()
+
+    def exit_code(self, role: str) -> int | None:
         state = container_state(self.names[role])
         if state is None:
-            done[role] = 1
-            self._report(role, f"container {self.names[role]} disappeared", outcome)
-            return
+            return 1  # removed under us: reported by describe_exit
         status, code, _ = state
         if status in ("running", "restarting"):
-            if status == "running":
-                logs.ensure_following()
-            return
-        if status not in ("exited", "dead"):
-            return  # created: not started yet
-        if code == 0 or role != TRAIN:
-            done[role] = code
-            if code != 0:
-                self._report(role, f"container {self.names[role]} exited with code {code}",
-                             outcome)
-            return
-        if self._restart_trainer(code, logs, outcome):
-            return
-        done[role] = code
-        write_status(self.run, STOPPED, reason=f"trainer exit code {code}")
+            if status == "running" and role in self.logs:
+                self.logs[role].ensure_following()
+            return None
+        return code if status in ("exited", "dead") else None  # created: not started yet
 
-    def _restart_trainer(self, code: int, logs: ContainerLogs, outcome: Outcome) -> bool:
-        """Start a failed trainer container again (it resumes from its latest checkpoint);
-        never after a NaN loss; False when it stays down."""
-        name = self.names[TRAIN]
-        if code == NAN_EXIT_CODE:
-            self._report(TRAIN, "training stopped: the loss is not finite (NaN/Inf); "
-                         "not restarted", outcome)
-            return False
-        what = f"container {name} exited with code {code}"
-        if outcome.restarts >= self.spec.max_restarts:
-            self._report(TRAIN, f"{what}; no restart left (--max_restarts="
-                         f"{self.spec.max_restarts})", outcome)
-            return False
-        outcome.restarts += 1
-        self._report(TRAIN, f"{what}; restarting it ({outcome.restarts}/"
-                     f"{self.spec.max_restarts}), it resumes from its latest checkpoint", outcome)
-        _docker("start", name)
-        logs.ensure_following()
-        return True
+    def describe_exit(self, role: str, code: int) -> str:
+        name = self.names[role]
+        if container_state(name) is None:
+            return f"container {name} disappeared"
+        return f"container {name} exited with code {code}"
 
-    def _report(self, role: str, message: str, outcome: Outcome) -> None:
-        report(self.run, role, message, outcome, self.echo)
+    def stop_all(self) -> None:
+        for name in self.names.values():
+            _docker("stop", name, check=False)
+
+    def cleanup(self) -> None:
+        if TENSORBOARD in self.names:
+            _docker("rm", "--force", self.names[TENSORBOARD], check=False)
+        for follower in self.logs.values():
+            follower.stop()

@@ -2,74 +2,30 @@
 
 Each child writes into ``logs/<role>.log`` (appended across restarts and reruns) and runs in its
 own session, with the Linux parent-death signal set: it dies with the launcher, even a launcher
-killed with SIGKILL; SIGTERM, SIGHUP and Ctrl-C stop the children first. The launcher
-watches them once a second: it echoes progress lines (with an ETA), restarts a crashed trainer
-up to ``max_restarts`` times (it resumes from its latest checkpoint), never restarts one that
-stopped on a NaN loss, and reports a dead process with the last lines of its log. When the
-trainer is gone for good it marks the run ``stopped`` so the evaluator finishes too.
+killed with SIGKILL. With ``num_workers > 1`` (and no ``TF_CONFIG`` of the user's) the trainer
+is that many worker processes on 127.0.0.1, each with its own ``TF_CONFIG``
+(:func:`tfod.train.multiworker.worker_tf_configs`); worker 0, the chief, logs to
+``logs/train.log``, worker i to ``logs/train-worker<i>.log``. They start, fail and restart
+together. The watch loop and restart policy are :class:`~tfod.train.launch.base.Launcher`'s.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tfod.runfolder import (
-    FINISHED,
-    LAUNCHED,
-    STOPPED,
-    RunFolder,
-    read_json,
-    read_status,
-    tail,
-    write_status,
-)
-from tfod.train.launch.common import (
-    EVAL,
-    NAN_EXIT_CODE,
-    TENSORBOARD,
-    TRAIN,
-    LaunchSpec,
-    module_argv,
-    require_gpus,
-    role_env,
-    roles,
-)
+from tfod.train.launch.base import Launcher, log_path
+from tfod.train.launch.common import TRAIN, LaunchSpec, module_argv, role_env, roles
+from tfod.train.multiworker import free_ports, worker_tf_configs
 
-STEP_LINE = re.compile(r"Step (\d+) per-step time ([\d.]+)s")
-ECHOED = re.compile(r"^\[tfod |Traceback|Error|error:|TensorBoard \S+ at ")
-TAIL_LINES = 25
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def stop_signals_as_interrupt():
-    """Treat SIGTERM and SIGHUP (a closed terminal) like Ctrl-C while launching, so a launcher
-    told to stop stops its children first."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def die_with_parent(parent_pid: int) -> Callable[[], None]:
@@ -89,10 +45,6 @@ def die_with_parent(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
-def log_path(run: RunFolder, role: str) -> Path:
-    return {TRAIN: run.train_log, EVAL: run.eval_log, TENSORBOARD: run.tensorboard_log}[role]
-
-
 @dataclass
 class ManagedProcess:
     """One child process whose output goes to a log file; it can be started again."""
@@ -103,7 +55,6 @@ class ManagedProcess:
     log: Path
     process: subprocess.Popen | None = None
     starts: int = 0
-    reported: bool = False
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -143,198 +94,74 @@ class ManagedProcess:
             os.killpg(self.process.pid, signum)
 
 
-class LogFollower:
-    """Reads the lines appended to a log file since the last call."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-        self.partial = ""
-
-    def new_lines(self) -> list[str]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        self.offset += len(data)
-        text = self.partial + data.decode("utf-8", errors="replace")
-        lines = text.split("\n")
-        self.partial = lines.pop()
-        return lines
+def local_workers(spec: LaunchSpec) -> int:
+    """How many trainer processes this launcher starts: one with the user's ``TF_CONFIG``
+    (a worker of a cluster they run), else ``num_workers`` on this machine."""
+    return 1 if "TF_CONFIG" in os.environ else spec.settings.num_workers
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def progress_line(line: str, target: int) -> str | None:
-    """An OD API step line as ``step 200/1000, 0.350 s/step, ETA 4m40s``; None otherwise."""
-    match = STEP_LINE.search(line)
-    if not match:
-        return None
-    step, seconds = int(match.group(1)), float(match.group(2))
-    eta = format_duration(max(target - step, 0) * seconds)
-    return f"step {step}/{target}, {seconds:.3f} s/step, ETA {eta}"
-
-
-def exit_code(trainer_code: int | None, evaluator_code: int | None, state: str | None) -> int:
-    """0 when the trainer finished and the evaluator (if any) succeeded; 3 for a NaN loss."""
-    if trainer_code == NAN_EXIT_CODE:
-        return NAN_EXIT_CODE
-    ok = trainer_code == 0 and state == FINISHED and evaluator_code in (None, 0)
-    return 0 if ok else 1
-
-
-def echo_progress(followers: dict[str, LogFollower], target: int,
-                  echo: Callable[[str], None]) -> None:
-    """Echo the new log lines worth seeing: step lines (as progress), tfod's own lines, errors."""
-    for role, follower in followers.items():
-        for line in follower.new_lines():
-            progress = progress_line(line, target)
-            if progress or ECHOED.search(line):
-                echo(f"[{role}] {progress or line}")
-
-
-def report(run: RunFolder, role: str, message: str, outcome: Outcome,
-           echo: Callable[[str], None]) -> None:
-    """Record a failure and show it with the last lines of the role's log."""
-    outcome.messages.append(message)
-    last = tail(log_path(run, role), TAIL_LINES)
-    echo(f"[{role}] {message}. Last lines of {log_path(run, role)}:\n{last}")
-
-
-@dataclass
-class Outcome:
-    """How a launch ended."""
-
-    exit_code: int
-    trainer_code: int | None = None
-    evaluator_code: int | None = None
-    restarts: int = 0
-    messages: list[str] = field(default_factory=list)
-
-
-class LocalLauncher:
+class LocalLauncher(Launcher):
     """Starts and watches the run's processes on this machine (see the module docstring)."""
+
+    name = "local"
 
     def __init__(self, spec: LaunchSpec, python: str = sys.executable,
                  echo: Callable[[str], None] = print, poll_seconds: float = 1.0):
-        self.spec, self.echo, self.poll_seconds = spec, echo, poll_seconds
-        self.run = spec.run
-        self.processes = {
-            role: ManagedProcess(role, module_argv(role, spec, python), role_env(role, spec),
-                                 log_path(self.run, role))
+        super().__init__(spec, echo, poll_seconds)
+        self.processes: dict[str, list[ManagedProcess]] = {
+            role: [ManagedProcess(role, module_argv(role, spec, python), role_env(role, spec),
+                                  log_path(self.run, role))]
             for role in roles(spec)
         }
+        workers = local_workers(spec)
+        if workers > 1:
+            trainer = self.processes[TRAIN][0]
+            self.processes[TRAIN] = [
+                ManagedProcess(TRAIN, trainer.argv, {**trainer.env, "TF_CONFIG": tf_config},
+                               trainer.log if index == 0 else
+                               self.run.logs / f"train-worker{index}.log")
+                for index, tf_config in enumerate(
+                    worker_tf_configs(workers, ports=free_ports(workers)))]
 
     def commands(self) -> dict[str, list[str]]:
-        return {role: process.argv for role, process in self.processes.items()}
+        return {role: processes[0].argv for role, processes in self.processes.items()}
 
     def environment(self) -> dict[str, dict[str, str]]:
-        return {role: process.env for role, process in self.processes.items()}
+        return {role: processes[0].env for role, processes in self.processes.items()}
 
-    def launch(self) -> Outcome:
-        """Run to the end (trainer finished or given up, evaluator done); Ctrl-C stops all."""
-        require_gpus(self.spec)
-        self.run.create()
-        write_status(self.run, LAUNCHED, target=self.spec.num_steps)
-        followers = {role: LogFollower(p.log) for role, p in self.processes.items()}
-        try:
-            with stop_signals_as_interrupt():
-                for process in self.processes.values():
-                    process.start()
-                    self.echo(f"[{process.role}] started (pid {process.pid}), log {process.log}")
-                return self._watch(followers)
-        except KeyboardInterrupt:
-            self.echo("interrupted: stopping every process (the latest checkpoint is kept)")
-            self._stop_all()
-            write_status(self.run, STOPPED, reason="interrupted")
-            return Outcome(130, messages=["interrupted"])
-        finally:
-            self._stop_all()
+    def start(self, role: str) -> None:
+        for process in self.processes[role]:
+            process.start()
+            task = json.loads(process.env.get("TF_CONFIG", "{}")).get("task")
+            worker = f" worker {task['index']}" if task and len(self.processes[role]) > 1 else ""
+            self.echo(f"[{role}]{worker} started (pid {process.pid}), log {process.log}")
 
-    def _watch(self, followers: dict[str, LogFollower]) -> Outcome:
-        outcome = Outcome(exit_code=0)
-        trainer, evaluator = self.processes[TRAIN], self.processes.get(EVAL)
-        trainer_done = False
-        while True:
-            time.sleep(self.poll_seconds)
-            self._echo_progress(followers)
-            if not trainer_done:
-                trainer_done = self._check_trainer(trainer, outcome)
-            if evaluator is not None and outcome.evaluator_code is None:
-                code = evaluator.poll()
-                if code is not None:
-                    outcome.evaluator_code = code
-                    if code != 0:
-                        self._report(EVAL, f"the evaluator exited with code {code}", outcome)
-            self._check_tensorboard(outcome)
-            if trainer_done and (evaluator is None or outcome.evaluator_code is not None):
-                break
-        self._echo_progress(followers)
-        outcome.exit_code = exit_code(outcome.trainer_code, outcome.evaluator_code,
-                                      read_status(self.run).get("state"))
-        self._summary(outcome)
-        return outcome
-
-    def _check_tensorboard(self, outcome: Outcome) -> None:
-        """Report once a TensorBoard that died (a busy port...); training goes on."""
-        board = self.processes.get(TENSORBOARD)
-        if board is not None and board.poll() is not None and not board.reported:
-            board.reported = True
-            self._report(TENSORBOARD, f"TensorBoard exited with code {board.poll()}", outcome)
-
-    def _check_trainer(self, trainer: ManagedProcess, outcome: Outcome) -> bool:
-        """Handle a trainer exit; True when the trainer is done for good."""
-        code = trainer.poll()
-        if code is None:
-            return False
-        outcome.trainer_code = code
-        if code == 0:
-            return True
-        if code == NAN_EXIT_CODE:
-            self._report(TRAIN, "training stopped: the loss is not finite (NaN/Inf); "
-                         "not restarted", outcome)
-            return True
-        what = f"the trainer exited with code {code}" + (
-            f" (signal {signal.Signals(-code).name})" if code < 0 and -code in
-            signal.valid_signals() else "")
-        if outcome.restarts < self.spec.max_restarts:
-            outcome.restarts += 1
-            self._report(TRAIN, f"{what}; restarting it ({outcome.restarts}/"
-                         f"{self.spec.max_restarts}), it resumes from its latest checkpoint",
-                         outcome)
-            trainer.start()
-            outcome.trainer_code = None
-            return False
-        self._report(TRAIN, f"{what}; no restart left (--max_restarts={self.spec.max_restarts})",
-                     outcome)
-        write_status(self.run, STOPPED, reason=what)
-        return True
-
-    def _report(self, role: str, message: str, outcome: Outcome) -> None:
-        report(self.run, role, message, outcome, self.echo)
-
-    def _echo_progress(self, followers: dict[str, LogFollower]) -> None:
-        echo_progress(followers, self.spec.num_steps, self.echo)
-
-    def _stop_all(self) -> None:
-        for process in reversed(self.processes.values()):
+    def restart(self, role: str) -> None:
+        for process in self.processes[role]:
             process.stop()
+        self.start(role)
 
-    def _summary(self, outcome: Outcome) -> None:
-        status = read_status(self.run)
-        best = read_json(self.run.best_checkpoint)
-        state = status.get("state", "unknown")
-        line = f"trainer: {state} at step {status.get('step', '?')}/{self.spec.num_steps}"
-        if outcome.restarts:
-            line += f" after {outcome.restarts} restart(s)"
-        if status.get("stopped_early"):
-            line += f", stopped early ({status.get('reason')})"
-        if best:
-            line += (f"; best checkpoint {best['checkpoint']} (step {best['step']}) "
-                     f"rsna/score {best['score']:.4f} at threshold {best['threshold']:.2f}")
-        self.echo(line)
+    def exit_code(self, role: str) -> int | None:
+        """A worker's error ends the trainer (the others are stopped: they would wait for it
+        forever); the trainer is done when every worker is."""
+        codes = [process.poll() for process in self.processes[role]]
+        failed = [code for code in codes if code not in (None, 0)]
+        if failed:
+            for process in self.processes[role]:
+                process.stop()
+            return failed[0]
+        return None if None in codes else 0
+
+    def describe_exit(self, role: str, code: int) -> str:
+        who = {TRAIN: "the trainer", "eval": "the evaluator"}.get(role, f"the {role} process")
+        return f"{who} exited with code {code}" + (
+            f" (signal {signal.Signals(-code).name})"
+            if code < 0 and -code in signal.valid_signals() else "")
+
+    def stop_all(self) -> None:
+        for processes in reversed(self.processes.values()):
+            for process in processes:
+                process.stop()
+
+    def cleanup(self) -> None:
+        self.stop_all()
