@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-all bench lint doctor image clean
+.PHONY: venv demo test test-fast test-all bench lint doctor image clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The edit loop's tier (about 5 minutes): no slow, docker or multi-worker test. CI runs `make test`.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow and not docker and not multiworker" $(PYTEST_ARGS)
 
 bench: venv
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,5 +1,8 @@
 """Shared test fixtures: paths to the real RSNA data in ../shared/data."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,54 @@ def prepare_run(run, pipeline_config: Path, **settings):
     settings.setdefault("num_steps", config_steps(run.pipeline_config))
     TrainSettings(**settings).write(run)
     return run
+
+
+# ------------------------------------------------------------------ tools and a trained run
+
+TOOL_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+TRAINED_STEPS, TRAINED_CHECKPOINT_EVERY = 15, 5  # the session's tiny trained run
+
+
+def run_tool(tool: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``python -m tools.<tool> args...`` from the repository, as a user runs ``tfod-<tool>``."""
+    return subprocess.run([sys.executable, "-m", f"tools.{tool}", *args], cwd=REPO,
+                          env=TOOL_ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    """The stderr line of a tool that failed on bad input (exit 2), checked to be the only one
+    from tfod (TensorFlow's own start-up logging aside) and without a traceback."""
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1, done.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def trained_run(converted_sample, tmp_path_factory):
+    """A tiny SSD (128 px, batch 2) trained 15 steps on fold 1 of the converted sample, with
+    checkpoints every 5 steps, each scored by the evaluator (run in turn, not beside it)."""
+    from tfod.config import pipeline as configs
+    from tfod.runfolder import RunFolder
+
+    run = RunFolder(tmp_path_factory.mktemp("trained") / "run").create()
+    configs.build_config("ssd_mobilenet_v2", converted_sample, 0, run.pipeline_config,
+                         image_size=128, batch_size=2, num_steps=TRAINED_STEPS)
+    prepare_run(run, run.pipeline_config, checkpoint_every=TRAINED_CHECKPOINT_EVERY,
+                log_every=5, trainer_timeout=30, eval_poll_seconds=1)
+    for role in ("train", "eval"):
+        done = subprocess.run([sys.executable, "-m", "tfod.train", role, f"--run_dir={run.root}"],
+                              cwd=REPO, env=TOOL_ENV, capture_output=True, text=True,
+                              timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def exported_best(trained_run) -> Path:
+    """``tfod-export --run_dir <run>``: the best checkpoint into ``<run>/exported``."""
+    done = run_tool("export", f"--run_dir={trained_run.root}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert str(trained_run.exported) in done.stdout
+    return trained_run.exported

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 import tensorflow as tf
 from conftest import CLASS_INFO_CSV, CONVERTED_SAMPLE_FOLDS, LABELS_CSV, REPO, SAMPLE_DICOMS
-from test_dicom import (
+from dicom_files import (
     write_not_dicom,
     write_retagged,
     write_truncated,
@@ -491,7 +491,7 @@ def test_two_files_for_one_patient_are_a_listed_skip(tmp_path, sample_dicoms):
 
 
 def test_damaged_frames_are_skipped_in_the_workers(tmp_path, sample_dicoms):
-    from test_dicom import damaged_frames, write_frame
+    from dicom_files import damaged_frames, write_frame
 
     dicom_dir = tmp_path / "dicoms"
     dicom_dir.mkdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 import ensemble_boxes
 import numpy as np
 import pytest
-from conftest import LABELS_CSV, RSNA, SAMPLE_DICOMS
+from conftest import LABELS_CSV, RSNA, SAMPLE_DICOMS, one_line_error
 from noisy_models import noisy_model
 
 from tfod import boxes as box_ops
@@ -40,14 +40,6 @@ def table(rows: dict) -> BoxTable:
 def run_tool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tools.ensemble", "--noprogress", *args],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-
-
-def one_line_error(done: subprocess.CompletedProcess) -> str:
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    lines = [line for line in done.stderr.splitlines() if ": error: " in line]
-    assert len(lines) == 1, done.stderr[-3000:]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

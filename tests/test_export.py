@@ -7,90 +7,28 @@ real trainer and evaluator (``python -m tfod.train``) and exported once with the
 predict tests reuse both fixtures.
 """
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import prepare_run
+from conftest import TRAINED_STEPS, one_line_error, run_tool
 
 import tfod.compat  # noqa: F401
 
 # isort: split
 from object_detection.utils import config_util
 
-from tfod.config import pipeline as configs
 from tfod.data.dicom import load_image_8bit
 from tfod.infer import export
 from tfod.infer.model import DETECTION_OUTPUTS
 from tfod.runfolder import RunFolder, read_json
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-NUM_STEPS, CHECKPOINT_EVERY = 15, 5
 # A variable whose value changes with every training step.
 BOX_KERNEL = ("model/_box_predictor/_prediction_heads/box_encodings/0/_box_encoder_layers/0/"
               "kernel/.ATTRIBUTES/VARIABLE_VALUE")
-
-
-def run_tool(tool: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"tools.{tool}", *args], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def one_line_error(done: subprocess.CompletedProcess) -> str:
-    """The stderr line of a tool that failed on bad input (exit 2), checked to be the only one
-    from tfod (TensorFlow's own start-up logging aside) and without a traceback."""
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    lines = [line for line in done.stderr.splitlines() if ": error: " in line]
-    assert len(lines) == 1, done.stderr[-3000:]
-    return lines[0]
-
-
-_BUILT: dict = {}  # test_predict imports the fixtures below and pytest registers them again
-
-
-def once(key: str, build):
-    """``build()`` the first time ``key`` is asked for in this session, then its result."""
-    if key not in _BUILT:
-        _BUILT[key] = build()
-    return _BUILT[key]
-
-
-@pytest.fixture(scope="session")
-def trained_run(converted_sample, tmp_path_factory) -> RunFolder:
-    return once("run", lambda: train_run(converted_sample, tmp_path_factory))
-
-
-def train_run(converted_sample, tmp_path_factory) -> RunFolder:
-    run = RunFolder(tmp_path_factory.mktemp("predict") / "run").create()
-    configs.build_config("ssd_mobilenet_v2", converted_sample, 0, run.pipeline_config,
-                         image_size=128, batch_size=2, num_steps=NUM_STEPS)
-    prepare_run(run, run.pipeline_config, checkpoint_every=CHECKPOINT_EVERY, log_every=5,
-                trainer_timeout=30, eval_poll_seconds=1)
-    for role in ("train", "eval"):
-        done = subprocess.run([sys.executable, "-m", "tfod.train", role, f"--run_dir={run.root}"],
-                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1800)
-        assert done.returncode == 0, done.stderr[-3000:]
-    return run
-
-
-@pytest.fixture(scope="session")
-def exported_best(trained_run) -> Path:
-    """``tfod-export --run_dir <run>``: the best checkpoint into ``<run>/exported``."""
-    return once("best", lambda: export_best(trained_run))
-
-
-def export_best(trained_run) -> Path:
-    done = run_tool("export", f"--run_dir={trained_run.root}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert str(trained_run.exported) in done.stdout
-    return trained_run.exported
 
 
 NMS = "model.ssd.post_processing.batch_non_max_suppression"
@@ -119,7 +57,7 @@ def test_best_latest_and_named_exports_hold_their_checkpoints_weights(
         trained_run, exported_best, exported_latest, tmp_path):
     best = read_json(trained_run.best_checkpoint)
     latest = export.resolve_checkpoint(trained_run, "latest")
-    assert latest.step == NUM_STEPS
+    assert latest.step == TRAINED_STEPS
     named = next(export.resolve_checkpoint(trained_run, name)
                  for name in ("ckpt-2", "ckpt-3") if name not in (best["checkpoint"], latest.name))
     assert len({best["checkpoint"], latest.name, named.name}) == 3

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 from conftest import LABELS_CSV, SAMPLE_DICOMS
-from test_dicom import write_truncated
+from dicom_files import write_truncated
 
 from tfod.config import pipeline as configs
 from tfod.data.convert import convert

@@ -1,17 +1,16 @@
 """tfod-predict on the real sample: DICOMs and TFRecords agree, the evaluator agrees, boxes are in
 each image's own frame (512x512, 600x400), hflip TTA fuses back, every input is accounted for.
 
-The trained run and its export come from ``test_export``'s session fixtures.
+The trained run and its export are the session fixtures of ``conftest``.
 """
 import json
 
 import numpy as np
 import pydicom
 import pytest
-from conftest import SAMPLE_DICOMS
+from conftest import SAMPLE_DICOMS, one_line_error, run_tool
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian
-from test_export import exported_best, one_line_error, run_tool, trained_run  # noqa: F401
 
 from tfod import boxes as box_ops
 from tfod import detections as det
@@ -46,7 +45,7 @@ def resized_dicom(template, width: int, height: int, path):
 
 
 @pytest.fixture(scope="module")
-def model(exported_best) -> ExportedModel:  # noqa: F811
+def model(exported_best) -> ExportedModel:
     return ExportedModel(exported_best)
 
 
@@ -76,7 +75,7 @@ def test_dicoms_and_their_tfrecords_give_the_same_boxes(model, sample_dicoms, co
 
 
 @pytest.mark.slow
-def test_evaluator_and_predict_agree_on_the_eval_fold(model, trained_run, exported_best):  # noqa: F811
+def test_evaluator_and_predict_agree_on_the_eval_fold(model, trained_run, exported_best):
     """Both resize with the model's own resizer (the evaluator in the input pipeline, predict
     on the host), so the boxes agree to float precision."""
     step = json.loads((exported_best / "export.json").read_text())["step"]
@@ -196,7 +195,7 @@ def test_bad_options_and_inputs_are_bad_input(tmp_path):
 
 
 @pytest.mark.slow
-def test_tool_writes_detections_skipped_and_submission(trained_run, exported_best, tmp_path):  # noqa: F811
+def test_tool_writes_detections_skipped_and_submission(trained_run, exported_best, tmp_path):
     output, submission = tmp_path / "pred.csv", tmp_path / "submission.csv"
     done = run_tool("predict", f"--model={trained_run.root}", f"--input={SAMPLE_DICOMS}",
                     f"--output={output}", f"--submission={submission}", "--threshold=0.0",
@@ -212,7 +211,7 @@ def test_tool_writes_detections_skipped_and_submission(trained_run, exported_bes
 
 
 @pytest.mark.slow
-def test_tool_errors_are_one_line(trained_run, tmp_path):  # noqa: F811
+def test_tool_errors_are_one_line(trained_run, tmp_path):
     output = f"--output={tmp_path / 'x.csv'}"
     line = one_line_error(run_tool("predict", f"--model={tmp_path}",
                                    f"--input={SAMPLE_DICOMS}", output))

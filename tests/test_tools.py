@@ -1,12 +1,13 @@
 """Every tool as a user starts it: ``--help`` lists its flags, and each kind of failure has its
 exit code (bad input or flag 2, failed run 1) with one ``error:`` line and no traceback."""
+import importlib.metadata
 import os
 import subprocess
 import sys
 
 import pytest
 from absl import flags
-from conftest import LABELS_CSV, REPO
+from conftest import LABELS_CSV, REPO, SAMPLE_DICOMS
 
 from tfod import cli
 from tfod.errors import BadInput, RunFailed
@@ -14,14 +15,29 @@ from tfod.errors import BadInput, RunFailed
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 SCRIPTS = {"evaluate": "tfod-evaluate", "make_config": "tfod-config", "train": "tfod-train",
-           "demo": "tfod-demo", "doctor": "tfod-doctor"}
+           "demo": "tfod-demo", "doctor": "tfod-doctor", "convert_rsna": "tfod-convert",
+           "classify": "tfod-classify", "ensemble": "tfod-ensemble", "export": "tfod-export",
+           "predict": "tfod-predict"}
 TOOL_FLAGS = {
     "evaluate": ["detections", "labels_csv", "images", "box_scale", "dicom_dir", "debug"],
     "make_config": ["model", "data_dir", "fold", "override", "output", "list_models", "debug"],
-    "train": ["model", "data_dir", "pipeline_config", "gpus", "backend", "dry_run", "debug"],
+    "train": ["model", "data_dir", "pipeline_config", "gpus", "backend", "dry_run", "debug",
+              "checkpoint_every", "trainer_timeout", "patience", "num_workers"],
     "demo": ["output_dir", "num_steps", "image_size", "debug"],
     "doctor": ["quiet", "debug"],
+    "convert_rsna": ["dicom_dir", "labels_csv", "output_dir", "num_folds", "strict", "debug"],
+    "classify": ["mode", "data_dir", "run_dir", "input", "output", "debug"],
+    "ensemble": ["detections", "method", "weights", "output", "submission", "fit", "debug"],
+    "export": ["run_dir", "checkpoint", "output_dir", "debug"],
+    "predict": ["model", "input", "output", "tta", "submission", "debug"],
 }
+
+
+def test_every_console_script_is_covered():
+    installed = {point.name: point.module for point in
+                 importlib.metadata.entry_points(group="console_scripts")
+                 if point.name.startswith("tfod-")}
+    assert installed == {script: f"tools.{tool}" for tool, script in SCRIPTS.items()}
 
 
 def _run(argv, timeout=300):
@@ -73,6 +89,14 @@ def _error_lines(result):
      "give either --model"),
     ("train", ["--learning_rate=fast"], 2, "flag --learning_rate=fast"),
     ("demo", ["--dicom_dir={tmp}", "--output_dir={tmp}/out"], 2, "no .dcm files"),
+    ("convert_rsna", ["--dicom_dir={tmp}/none", f"--labels_csv={LABELS_CSV}",
+                      "--output_dir={tmp}/out"], 2, "none"),
+    ("classify", ["--mode=predict", "--model={tmp}/none", f"--input={SAMPLE_DICOMS}",
+                  "--output={tmp}/p.csv"], 2, "none"),
+    ("ensemble", ["--detections={tmp}/none.csv", "--output={tmp}/f.csv"], 2, "none.csv"),
+    ("export", ["--run_dir={tmp}/none"], 2, "none"),
+    ("predict", ["--model={tmp}/none", f"--input={SAMPLE_DICOMS}", "--output={tmp}/p.csv"], 2,
+     "none"),
 ])
 def test_exit_codes_and_one_error_line(tool, args, code, message, tmp_path):
     args = [arg.format(tmp=tmp_path) for arg in args]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -92,6 +93,8 @@ def define_flags(tool_module: str) -> Callable[[], dict]:
     returns a function giving their values as a dict."""
     from absl import flags
 
+    if tool_module == "__main__":  # under python -m: absl names the main module by its path
+        tool_module = sys.argv[0]
     definers = {int: flags.DEFINE_integer, float: flags.DEFINE_float}
     holders = {item.name: definers[type(item.default)](
         item.name, item.default, item.metadata["help"], module_name=tool_module)
