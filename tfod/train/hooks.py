@@ -165,7 +165,7 @@ class StopRequest(Hook):
     (``stop_request.json``: early stopping, or a user); the final step is then saved.
 
     Several workers must stop at the same step (each waits for the others in every step), so
-    with more than one worker the request counts once any worker has seen it (a MAX over the
+    with more than one worker the request counts once any worker has seen it (a sum over the
     workers after each call)."""
 
     def after_step(self, trainer) -> None:
@@ -183,4 +183,4 @@ def _workers_agree(strategy, seen: bool) -> bool:
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return seen
     flags = strategy.run(lambda: tf.constant(float(seen)))
-    return bool(strategy.reduce(tf.distribute.ReduceOp.MAX, flags, axis=None) > 0)
+    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None) > 0)
