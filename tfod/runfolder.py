@@ -26,11 +26,15 @@ when asked), so the launcher can plan a run without loading TensorFlow.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 # Trainer states written to train_status.json. The evaluator stops waiting in the terminal ones.
 LAUNCHED, RUNNING, FINISHED, FAILED, NAN_LOSS, STOPPED = (
@@ -146,13 +150,46 @@ class RunFolder:
         return lines
 
 
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
+@contextmanager
+def atomic_write(path, mode: str = "w", newline: str | None = None,
+                 check: Callable[[Path], None] | None = None) -> Iterator[IO]:
+    """Open a stream whose file appears at ``path`` whole or not at all: the one way tfod
+    writes an output file.
+
+    The stream writes a hidden temporary file in ``path``'s folder (``.<name>.<pid>.<n>.tmp``,
+    mode 0666 less the umask, like any new file); when the block ends cleanly the file is
+    flushed, fsynced, given to ``check`` (its temporary path, e.g. to read it back) and renamed
+    onto ``path``. An exception (a full disk, a failed check) deletes it and leaves an earlier
+    ``path`` as it was; a killed process leaves at most the hidden temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(temporary, path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{next(_TEMPORARY_NUMBERS)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, mode, newline=newline) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        if check is not None:
+            check(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+_TEMPORARY_NUMBERS = itertools.count()
+
+
+def json_text(data) -> str:
+    """``data`` as the JSON text of tfod's files (indented, sorted keys)."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (:func:`atomic_write`: a reader never sees half a file)."""
+    with atomic_write(path) as stream:
+        stream.write(json_text(data))
 
 
 def read_json(path: Path, default=None):

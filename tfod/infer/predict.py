@@ -35,7 +35,7 @@ from tfod.detections import ImageBoxes
 from tfod.errors import BadInput
 from tfod.infer.inputs import LoadedImage, Skipped, find_inputs, load
 from tfod.infer.model import ExportedModel, export_folder
-from tfod.runfolder import read_json, write_json
+from tfod.runfolder import atomic_write, json_text, read_json
 
 TTA_MODES = ("none", "hflip")
 TTA_IOU = 0.55  # weighted box fusion: boxes overlapping more than this are one object
@@ -178,10 +178,13 @@ def skipped_path(output) -> Path:
 def write_predictions(detections: dict[str, ImageBoxes], skipped: list[Skipped], output,
                       submission=None, threshold: float = 0.0) -> list[Path]:
     """Write the detections CSV, its ``.skipped.json`` sidecar (always, empty when nothing was
-    skipped) and, with ``submission``, the Kaggle CSV of the boxes scoring >= ``threshold``."""
-    written = [det.write_detections(detections, output)]
-    write_json(skipped_path(output), [asdict(item) for item in skipped])
-    written.append(skipped_path(output))
+    skipped) and, with ``submission``, the Kaggle CSV of the boxes scoring >= ``threshold``.
+
+    Each file is written atomically; the sidecar is written first and renamed into place right
+    after the CSV, so a failed write keeps the earlier CSV with its own sidecar."""
+    with atomic_write(skipped_path(output)) as sidecar:
+        sidecar.write(json_text([asdict(item) for item in skipped]))
+        written = [det.write_detections(detections, output), skipped_path(output)]
     if submission is not None:
         above = {patient_id: ImageBoxes(image.boxes[image.scores >= threshold],
                                         image.scores[image.scores >= threshold])
