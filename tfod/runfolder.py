@@ -26,6 +26,8 @@ when asked), so the launcher can plan a run without loading TensorFlow.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import itertools
 import json
 import os
@@ -190,6 +192,63 @@ def write_json(path: Path, data) -> None:
     """Write JSON atomically (:func:`atomic_write`: a reader never sees half a file)."""
     with atomic_write(path) as stream:
         stream.write(json_text(data))
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock ``path``; ``holder`` is its pid ('?' if unknown)."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by pid {holder}")
+        self.path, self.holder = path, holder
+
+
+class PidLock:
+    """An exclusive ``fcntl.flock`` on the file ``path``, which holds the holder's pid.
+
+    The kernel drops the lock when its holder dies, however it dies, so a lock file left by a
+    dead process is simply taken over (``took_over`` is then its pid); a live holder makes
+    :meth:`acquire` raise :class:`LockHeld`. The descriptor is not inherited by children.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.file = None
+        self.took_over: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`LockHeld` naming the live holder's pid."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # held until release()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise LockHeld(self.path, holder) from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.file = handle
+        if previous.isdigit() and int(previous) != os.getpid():
+            self.took_over = int(previous)
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing the descriptor drops the flock
+            self.file = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def read_json(path: Path, default=None):

@@ -47,6 +47,7 @@ _SHM_SIZE = flags.DEFINE_string("shm_size", "8g", "Docker --shm-size of train/ev
 _TRAINER_TIMEOUT = flags.DEFINE_float(
     "trainer_timeout", 300.0, "The evaluator stops after this many seconds without a new "
     "checkpoint or a trainer heartbeat.")
+cli.require_positive(_TRAINER_TIMEOUT)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the run-folder plan and the exact "
                              "commands; start nothing.")
 # Cross-validation campaign and early stopping (docs/train.md).
@@ -87,6 +88,7 @@ def main(argv):
     if CONFIG.list_models:
         print(configs.format_model_table())
         return 0
+    cli.check_outputs(folders=[_RUN_DIR, _RUN_ROOT] if _FOLDS.value else [_RUN_DIR])
     if _FOLDS.value:
         return campaign.run_campaign(
             CONFIG.request(), _FOLDS.value, run_root=_RUN_ROOT.value, backend=_BACKEND.value,

@@ -178,6 +178,8 @@ def gate_function(request: EnsembleRequest):
         raise BadInput(f"--gate {request.gate!r}: {value!r} is not a number") from None
     if value and mode != "threshold":
         raise BadInput(f"--gate {request.gate!r}: only threshold takes a value")
+    if not 0.0 <= threshold <= 1.0:  # nan too
+        raise BadInput(f"--gate {request.gate!r}: the threshold must be in [0, 1]")
     probabilities = outside.read_probabilities(request.classifier_csv)
     return lambda detections: ensemble.gate(detections, probabilities, mode, threshold)
 

@@ -50,6 +50,7 @@ def predict(model, inputs, batch_size: int = 8, min_score: float = 0.0, tta: str
 
     ``detections`` maps each readable image's patientId (in input order) to its boxes in
     pixels of its original size with scores >= ``min_score``; ``skipped`` lists the rest.
+    :class:`BadInput` when no image at all could be read (nothing to predict).
     """
     _check_options(batch_size, min_score, tta)
     found = find_inputs(str(inputs))
@@ -63,6 +64,9 @@ def predict(model, inputs, batch_size: int = 8, min_score: float = 0.0, tta: str
             for image, result in zip(batch, _detect(model, batch, tta), strict=True):
                 detections[image.patient_id] = _to_pixels(*result, image, min_score)
             bar.update(len(batch))
+    if not detections:
+        example = f", e.g. {skipped[0].input}: {skipped[0].reason}" if skipped else ""
+        raise BadInput(f"no image to predict ({_lost(skipped)}{example})", inputs)
     return detections, skipped
 
 
@@ -193,9 +197,17 @@ def write_predictions(detections: dict[str, ImageBoxes], skipped: list[Skipped],
     return written
 
 
+def _lost(skipped: list[Skipped]) -> str:
+    damaged = sum(item.images is None for item in skipped)
+    return f"skipped {sum(item.images or 0 for item in skipped)} image(s)" + (
+        f" and the rest of {damaged} damaged record file(s) (how many images is unknown)"
+        if damaged else "")
+
+
 def format_skipped(skipped: list[Skipped], limit: int = 10) -> str:
-    """The printed ``skipped`` summary: a count and the first few inputs with reasons."""
-    lines = [f"skipped {len(skipped)} input(s)"]
+    """The printed ``skipped`` summary: how many images were lost (and the damaged record files
+    whose lost images cannot be counted), then the first few inputs with reasons."""
+    lines = [_lost(skipped)]
     lines += [f"  {item.input}: {item.reason}" for item in skipped[:limit]]
     if len(skipped) > limit:
         lines.append(f"  ... and {len(skipped) - limit} more (see the .skipped.json file)")
