@@ -20,6 +20,8 @@ Layout (``RunFolder`` names every path; nothing else in tfod spells them)::
       train_status.json    the trainer's state and heartbeat, read by the evaluator
       stop_request.json    asks the trainer to save and stop early (written by the evaluator's
                            early stopping or by a user), with the reason
+      .lock                the launcher's lock (one launcher per run: ``PidLock``)
+      .exported.lock       tfod-export's lock on exported/ (one export at a time)
 
 Only the standard library is used here (checkpoint steps are read through TensorFlow, imported
 when asked), so the launcher can plan a run without loading TensorFlow.
