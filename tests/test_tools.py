@@ -77,7 +77,7 @@ def _error_lines(result):
     ("evaluate", [f"--labels_csv={LABELS_CSV}", "--detections=d.csv"], 2,
      "--output_dir is required"),
     ("evaluate", ["--detections=d.csv", f"--labels_csv={LABELS_CSV}", "--output_dir=o",
-                  "--box_scale=0"], 2, "--box_scale must be a positive number"),
+                  "--box_scale=0"], 2, "flag --box_scale=0.0: must be a positive number"),
     ("evaluate", ["--threshold=2"], 2, "flag --threshold=2"),
     ("evaluate", ["--detections=no-such.csv", f"--labels_csv={LABELS_CSV}", "--output_dir=o"],
      2, "no-such.csv: no such file (--detections)"),

@@ -9,6 +9,10 @@ Each tool is ``def main(argv) -> int`` plus ``run = cli.runner(main)``. :func:`r
   errors into one line ``tfod-<tool>: error: <file>, row <row>: <reason>`` and exit 2, any
   other exception into one line and exit 1, with the traceback only under ``--debug``.
 
+Every number flag has its range where it is defined (absl's ``lower_bound``/``upper_bound``,
+:func:`require_positive`), and :func:`parse_flags` refuses ``nan`` and infinities of every
+float flag, so a bad number stops a tool at parse time, naming the flag.
+
 Flag groups used by several tools are defined here once, as functions a tool calls at import
 (absl flags are global, so each group is defined only in the processes that ask for it):
 :func:`define_config_flags` (tfod-config, tfod-train).
@@ -16,7 +20,9 @@ Flag groups used by several tools are defined here once, as functions a tool cal
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,15 +94,39 @@ _HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull", "--helpxml")
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing with tfod's convention: a bad flag is one line and exit 2; help
-    (which absl ends with exit 1) exits 0."""
+    (which absl ends with exit 1) exits 0. A number flag given ``nan`` or an infinity is
+    refused, naming the flag (absl's bounds let ``nan`` through: it compares False)."""
     try:
-        return FLAGS(argv)
+        remaining = FLAGS(argv)
+        refuse_non_finite()
+        return remaining
     except flags.Error as error:
         sys.exit(fail(str(error), BAD_INPUT))
     except SystemExit as stop:
         if any(arg.split("=")[0] in _HELP_FLAGS for arg in argv[1:]):
             sys.exit(0)
         raise stop
+
+
+def refuse_non_finite() -> None:
+    """Raise :class:`absl.flags.IllegalFlagValueError` for a float flag given on the command
+    line as ``nan``, ``inf`` or ``-inf``: no tool takes one."""
+    for name in list(FLAGS):
+        flag = FLAGS[name]
+        if not flag.present or not isinstance(flag.parser, flags.FloatParser):
+            continue
+        values = flag.value if isinstance(flag.value, list) else [flag.value]
+        for value in values:
+            if value is not None and not math.isfinite(value):
+                raise flags.IllegalFlagValueError(f"flag --{name}={value}: not a finite number")
+
+
+def require_positive(*holders: flags.FlagHolder) -> None:
+    """Refuse 0 and negative values of these number flags when they are parsed (absl's
+    ``lower_bound`` lets its own value through)."""
+    for holder in holders:
+        flags.register_validator(holder.name, lambda value: value is None or value > 0,
+                                 message="must be a positive number")
 
 
 def runner(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
@@ -114,6 +144,39 @@ def require(*holders: flags.FlagHolder) -> None:
     for holder in holders:
         if holder.value is None:
             raise app.UsageError(f"--{holder.name} is required")
+
+
+def check_outputs(files: Sequence = (), folders: Sequence = ()) -> None:
+    """Refuse, before any work, output flags (holders of the flags a tool writes: ``files``
+    and ``folders``; unset ones are ignored) that cannot be written, with
+    :class:`tfod.errors.BadInput` naming the path and the flag: two flags naming one path, a
+    file that is a folder, a folder that is a file, a path under a file, or a path whose
+    nearest existing folder does not take new files (permissions, a read-only file system)."""
+    given: dict[Path, str] = {}
+    for holder, kind in [(h, "file") for h in files] + [(h, "folder") for h in folders]:
+        if not holder.value:
+            continue
+        path = Path(holder.value).expanduser().absolute()
+        if path.resolve() in given:
+            raise BadInput(f"--{holder.name} and --{given[path.resolve()]} name the same path: "
+                           "one output would replace the other", holder.value)
+        given[path.resolve()] = holder.name
+        if path.is_dir() and kind == "file":
+            raise BadInput(f"is a folder (--{holder.name} names a file to write)", path)
+        if path.exists() and not path.is_dir() and kind == "folder":
+            raise BadInput(f"is a file (--{holder.name} names a folder to write)", path)
+        _check_writable_folder(next(p for p in path.parents if p.exists()), holder.name)
+
+
+def _check_writable_folder(folder: Path, flag: str) -> None:
+    if not folder.is_dir():
+        raise BadInput(f"cannot write the output folder (a file is in the way) (--{flag})",
+                       folder)
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise BadInput(f"cannot write the output folder ({error.strerror}) (--{flag})",
+                       folder) from None
 
 
 @dataclass(frozen=True)
@@ -147,11 +210,14 @@ def define_config_flags(models: Sequence[str], pipeline_config: bool = False) ->
                                         "(label_map.pbtxt, fold*-*.tfrecord)."),
         "fold": flags.DEFINE_integer("fold", 0, "Evaluate on this fold and train on the others; "
                                      "-1 trains on all folds.", lower_bound=-1),
-        "image_size": flags.DEFINE_integer("image_size", None, "Square input size in pixels."),
+        "image_size": flags.DEFINE_integer("image_size", None, "Square input size in pixels "
+                                           "(32..4096, checked by the config request).",
+                                           lower_bound=1),
         "batch_size": flags.DEFINE_integer("batch_size", None, "Batch size; the learning rate "
-                                           "scales with it unless --learning_rate is given."),
+                                           "scales with it unless --learning_rate is given.",
+                                           lower_bound=1),
         "num_steps": flags.DEFINE_integer("num_steps", None, "Training steps; warm-up and "
-                                          "schedule boundaries scale with them."),
+                                          "schedule boundaries scale with them.", lower_bound=1),
         "learning_rate": flags.DEFINE_float("learning_rate", None, "Peak learning rate."),
         "fine_tune_checkpoint": flags.DEFINE_string(
             "fine_tune_checkpoint", None, "TF2 zoo checkpoint prefix or folder; its type "
@@ -165,6 +231,7 @@ def define_config_flags(models: Sequence[str], pipeline_config: bool = False) ->
         "list_models": flags.DEFINE_bool("list_models", False,
                                          "Print the models and their defaults."),
     }
+    require_positive(holders["learning_rate"])
     if pipeline_config:
         holders["pipeline_config"] = flags.DEFINE_string(
             "pipeline_config", None, "An existing pipeline.config to use (instead of --model).")

@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from tfod.errors import BadInput, RunFailed
+from tfod.runfolder import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_RSNA = REPO.parent / "shared" / "data" / "rsna"
@@ -148,14 +149,16 @@ def rows_of_present_patients(table_csv: Path, dicom_dir: Path, output_csv: Path)
     if not present:
         raise BadInput("no .dcm files in the folder", dicom_dir)
     table = pd.read_csv(table_csv, dtype=str, keep_default_na=False)
-    table[table["patientId"].isin(present)].to_csv(output_csv, index=False)
+    with atomic_write(output_csv, newline="") as stream:
+        table[table["patientId"].isin(present)].to_csv(stream, index=False)
     return output_csv
 
 
 def write_ids(dicom_dir: Path, output_csv: Path) -> Path:
     """The ids to submit for: every DICOM of ``dicom_dir`` (Kaggle's sample-submission shape)."""
     ids = sorted(path.stem for path in Path(dicom_dir).glob("*.dcm"))
-    pd.DataFrame({"patientId": ids, "PredictionString": ""}).to_csv(output_csv, index=False)
+    with atomic_write(output_csv, newline="") as stream:
+        pd.DataFrame({"patientId": ids, "PredictionString": ""}).to_csv(stream, index=False)
     return output_csv
 
 
@@ -285,7 +288,8 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None] = print) -> dict:
     summary = {"plan": _plan_dict(plan), "stages": [asdict(r) for r in runner.results],
                "scores": scores, "ensemble": ensemble,
                "seconds": round(time.monotonic() - started, 1)}
-    (plan.output_dir / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
+    with atomic_write(plan.output_dir / "demo.json") as stream:
+        stream.write(json.dumps(summary, indent=2, default=str))
     demo_report.write_report(plan, summary)
     echo(demo_report.text_summary(plan, summary))
     return summary

@@ -15,14 +15,15 @@ On disk (the official files' own shapes):
   ``score x y width height`` groups, empty for an image without boxes; one row per image.
 
 Every reader validates each row; a bad row raises :class:`FormatError` naming the file and
-the row (the header is row 1, as in a spreadsheet).
+the row (the header is row 1, as in a spreadsheet). Every writer writes atomically
+(:func:`tfod.runfolder.atomic_write`): a file appears whole or not at all.
 """
 from __future__ import annotations
 
 import csv
 import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from tfod.errors import BadInput
+from tfod.runfolder import atomic_write
 
 DETECTIONS_HEADER = ["patientId", "x", "y", "width", "height", "score"]
 LABELS_HEADER = ["patientId", "x", "y", "width", "height", "Target"]
@@ -324,8 +326,7 @@ def _text(value: float) -> str:
 def write_detections(detections: Mapping[str, ImageBoxes], path) -> Path:
     """Write a detections CSV; an image without boxes becomes one row with empty fields."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(DETECTIONS_HEADER)
         for patient_id, image in detections.items():
@@ -344,12 +345,14 @@ def prediction_string(image: ImageBoxes) -> str:
     )
 
 
-def write_submission(detections: Mapping[str, ImageBoxes], path, ids: Iterable[str] | None = None
-                     ) -> Path:
+def write_submission(detections: Mapping[str, ImageBoxes], path, ids: Iterable[str] | None = None,
+                     check: Callable[[Path], None] | None = None) -> Path:
     """Write a Kaggle submission CSV with one row per image.
 
     With ``ids`` (e.g. the sample submission's), the rows follow that list, an id without
     detections gets an empty PredictionString, and a detection for an id outside it is an error.
+    ``check`` is given the written file before it is renamed into place (see
+    :func:`tfod.runfolder.atomic_write`).
     """
     path = Path(path)
     ids = list(detections) if ids is None else list(ids)
@@ -359,8 +362,7 @@ def write_submission(detections: Mapping[str, ImageBoxes], path, ids: Iterable[s
     unknown = set(detections) - set(ids)
     if unknown:
         raise ValueError(f"{len(unknown)} detected image(s) not in ids, e.g. {sorted(unknown)[:3]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="", check=check) as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SUBMISSION_HEADER)
         for patient_id in ids:

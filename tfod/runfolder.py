@@ -21,17 +21,25 @@ Layout (``RunFolder`` names every path; nothing else in tfod spells them)::
       train_status.json    the trainer's state and heartbeat, read by the evaluator
       stop_request.json    asks the trainer to save and stop early (written by the evaluator's
                            early stopping or by a user), with the reason
+      .lock                the launcher's lock (one launcher per run: ``PidLock``)
+      .exported.lock       tfod-export's lock on exported/ (one export at a time)
 
 Only the standard library is used here (checkpoint steps are read through TensorFlow, imported
 when asked), so the launcher can plan a run without loading TensorFlow.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import itertools
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 # Trainer states written to train_status.json. The evaluator stops waiting in the terminal ones.
 LAUNCHED, RUNNING, FINISHED, FAILED, NAN_LOSS, STOPPED = (
@@ -152,13 +160,103 @@ class RunFolder:
         return lines
 
 
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
+@contextmanager
+def atomic_write(path, mode: str = "w", newline: str | None = None,
+                 check: Callable[[Path], None] | None = None) -> Iterator[IO]:
+    """Open a stream whose file appears at ``path`` whole or not at all: the one way tfod
+    writes an output file.
+
+    The stream writes a hidden temporary file in ``path``'s folder (``.<name>.<pid>.<n>.tmp``,
+    mode 0666 less the umask, like any new file); when the block ends cleanly the file is
+    flushed, fsynced, given to ``check`` (its temporary path, e.g. to read it back) and renamed
+    onto ``path``. An exception (a full disk, a failed check) deletes it and leaves an earlier
+    ``path`` as it was; a killed process leaves at most the hidden temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(temporary, path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{next(_TEMPORARY_NUMBERS)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, mode, newline=newline) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        if check is not None:
+            check(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+_TEMPORARY_NUMBERS = itertools.count()
+
+
+def json_text(data) -> str:
+    """``data`` as the JSON text of tfod's files (indented, sorted keys)."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (:func:`atomic_write`: a reader never sees half a file)."""
+    with atomic_write(path) as stream:
+        stream.write(json_text(data))
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock ``path``; ``holder`` is its pid ('?' if unknown)."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by pid {holder}")
+        self.path, self.holder = path, holder
+
+
+class PidLock:
+    """An exclusive ``fcntl.flock`` on the file ``path``, which holds the holder's pid.
+
+    The kernel drops the lock when its holder dies, however it dies, so a lock file left by a
+    dead process is simply taken over (``took_over`` is then its pid); a live holder makes
+    :meth:`acquire` raise :class:`LockHeld`. The descriptor is not inherited by children.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.file = None
+        self.took_over: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`LockHeld` naming the live holder's pid."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # held until release()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise LockHeld(self.path, holder) from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.file = handle
+        if previous.isdigit() and int(previous) != os.getpid():
+            self.took_over = int(previous)
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing the descriptor drops the flock
+            self.file = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def read_json(path: Path, default=None):

@@ -28,7 +28,7 @@ flags.DEFINE_string("headers_csv", None,
                     "DICOM lacks it.")
 flags.DEFINE_string("output_dir", None, "Where records, folds.csv and manifest.json go.")
 flags.DEFINE_integer("num_folds", 5, "Patient-level folds (training set).", lower_bound=1)
-flags.DEFINE_integer("seed", 42, "Seed of the fold split.")
+flags.DEFINE_integer("seed", 42, "Seed of the fold split.", lower_bound=0)
 flags.DEFINE_integer("images_per_shard", convert.DEFAULT_IMAGES_PER_SHARD,
                      "At most this many images per .tfrecord shard.", lower_bound=1)
 flags.DEFINE_enum("image_format", "passthrough", IMAGE_FORMATS,
@@ -49,6 +49,7 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 def main(argv) -> int:
     cli.require(FLAGS["dicom_dir"], FLAGS["output_dir"])
+    cli.check_outputs(folders=[FLAGS["output_dir"]])
     manifest = convert.convert(
         FLAGS.dicom_dir, FLAGS.output_dir, FLAGS.labels_csv, FLAGS.class_info_csv,
         FLAGS.headers_csv, num_folds=FLAGS.num_folds, seed=FLAGS.seed,

@@ -14,6 +14,8 @@ Ensemble exported models in one command (they run through the predict stage):
 """
 from __future__ import annotations
 
+import math
+
 from absl import flags
 
 from tfod import cli
@@ -48,8 +50,11 @@ _METHOD = flags.DEFINE_enum("method", "wbf", list(ensemble.METHODS),
                             "(non-maximum weighted), nms, soft_nms.")
 _WEIGHTS = flags.DEFINE_list("weights", None, "One weight per model, in the order models are "
                              "given (--detections, --models, --outside). Default: equal.")
-_IOU_THR = flags.DEFINE_float("iou_thr", 0.55, "IoU above which boxes are one object.")
-_SKIP_BOX_THR = flags.DEFINE_float("skip_box_thr", 0.0, "Boxes scoring below this are ignored.")
+_IOU_THR = flags.DEFINE_float("iou_thr", 0.55, "IoU above which boxes are one object.",
+                              lower_bound=0.0, upper_bound=1.0)
+cli.require_positive(_IOU_THR)
+_SKIP_BOX_THR = flags.DEFINE_float("skip_box_thr", 0.0, "Boxes scoring below this are ignored.",
+                                   lower_bound=0.0, upper_bound=1.0)
 _CONF_TYPE = flags.DEFINE_enum("conf_type", "avg", list(ensemble.CONF_TYPES),
                                "How wbf scores a fused box.")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Minimum score of a submitted box.",
@@ -81,15 +86,19 @@ def _weights() -> tuple[float, ...] | None:
     if _WEIGHTS.value is None:
         return None
     try:
-        return tuple(float(w) for w in _WEIGHTS.value)
+        weights = tuple(float(w) for w in _WEIGHTS.value)
     except ValueError:
         raise flags.ValidationError(f"--weights {_WEIGHTS.value} are not numbers") from None
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise flags.ValidationError(f"--weights {_WEIGHTS.value} must be finite and positive")
+    return weights
 
 
 def main(argv) -> int:
     del argv
     if _FIT.value and _PARAMS.value:
         raise flags.ValidationError("--fit and --params exclude each other")
+    cli.check_outputs(files=[_OUTPUT, _SUBMISSION], folders=[_FIT_DIR])
     request = EnsembleRequest(
         detections=_DETECTIONS.value, models=_MODELS.value, input=_INPUT.value,
         outside=_OUTSIDE.value, image_sizes=_IMAGE_SIZES.value,

@@ -25,7 +25,8 @@ _LABELS_CSV = flags.DEFINE_string("labels_csv", None,
                                   "Official labels CSV: patientId,x,y,width,height,Target.")
 _FOLDS_CSV = flags.DEFINE_string("folds_csv", None, "folds.csv of a converted folder; "
                                  "with --fold, score that fold's images only.")
-_FOLD = flags.DEFINE_integer("fold", None, "The fold to score (needs --folds_csv).")
+_FOLD = flags.DEFINE_integer("fold", None, "The fold to score (needs --folds_csv).",
+                             lower_bound=0)
 _IMAGES = flags.DEFINE_string(
     "images", None, "The images to score: one patientId per line, or any CSV with a patientId "
     "column; an image without a detections row counts as an empty prediction.")
@@ -35,6 +36,7 @@ _THRESHOLD = flags.DEFINE_float("threshold", None, "Minimum detection score; def
 _BOX_SCALE = flags.DEFINE_float("box_scale", None, "Scale predicted boxes about their centres by "
                                 "this (> 0) for the score; default: as given (1). The best of "
                                 "0.70..1.10 is reported apart as the fitted scale.")
+cli.require_positive(_BOX_SCALE)
 _DICOM_DIR = flags.DEFINE_string("dicom_dir", None, "Folder of <patientId>.dcm; draws the "
                                  "validation gallery.")
 _GALLERY_LIMIT = flags.DEFINE_integer("gallery_limit", None, "Draw only this many images, the "
@@ -44,6 +46,7 @@ _GALLERY_LIMIT = flags.DEFINE_integer("gallery_limit", None, "Draw only this man
 def main(argv):
     del argv  # checked by cli.runner
     cli.require(_DETECTIONS, _LABELS_CSV, _OUTPUT_DIR)
+    cli.check_outputs(folders=[_OUTPUT_DIR])
     metrics = stage.score_files(
         _DETECTIONS.value, _LABELS_CSV.value, _OUTPUT_DIR.value,
         folds_csv=_FOLDS_CSV.value, fold=_FOLD.value, images=_IMAGES.value,

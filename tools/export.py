@@ -28,6 +28,7 @@ _CONFIG_OVERRIDE = flags.DEFINE_multi_string(
 def main(argv) -> int:
     del argv
     cli.require(_RUN_DIR)
+    cli.check_outputs(folders=[_OUTPUT_DIR])
     record = export.export(_RUN_DIR.value, _CHECKPOINT.value, _OUTPUT_DIR.value,
                            _CONFIG_OVERRIDE.value)
     shown = {key: record[key] for key in ("checkpoint", "step", "rsna/score", "rsna/threshold",

@@ -35,6 +35,7 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (images/s).
 def main(argv) -> int:
     del argv
     cli.require(_MODEL, _INPUT, _OUTPUT)
+    cli.check_outputs(files=[_OUTPUT, _SUBMISSION])
     detections, skipped = predict.predict(
         _MODEL.value, _INPUT.value, batch_size=_BATCH_SIZE.value, min_score=_MIN_SCORE.value,
         tta=_TTA.value, progress=_PROGRESS.value)

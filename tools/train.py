@@ -70,6 +70,7 @@ def main(argv):
     if CONFIG.list_models:
         print(registry.format_model_table())
         return 0
+    cli.check_outputs(folders=[_RUN_DIR, _RUN_ROOT] if _FOLDS.value else [_RUN_DIR])
     if _FOLDS.value:
         return campaign.run_campaign(
             ConfigRequest.from_flags(CONFIG), _FOLDS.value, run_root=_RUN_ROOT.value,

@@ -114,8 +114,7 @@ def predict_probabilities(predictor: Predictor, images: Iterable[tuple[str, byte
 
 def write_probabilities(probabilities: dict[str, float], path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as stream:
+    with runfolder.atomic_write(path, newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(HEADER)
         writer.writerows((patient_id, f"{p:.9g}") for patient_id, p in probabilities.items())
@@ -128,8 +127,9 @@ def predict(model, input_spec, output, batch_size: int = 16) -> dict:
     skipped: list[dict] = []
     probabilities = predict_probabilities(predictor, input_images(input_spec, skipped), skipped,
                                           batch_size)
-    write_probabilities(probabilities, output)
-    runfolder.write_json(skipped_path(output), skipped)
+    with runfolder.atomic_write(skipped_path(output)) as sidecar:  # renamed right after output
+        sidecar.write(runfolder.json_text(skipped))
+        write_probabilities(probabilities, output)
     for entry in skipped:
         log.warning("skipped %s: %s", entry.get("file", entry["patientId"]), entry["reason"])
     values = np.fromiter(probabilities.values(), float, len(probabilities))

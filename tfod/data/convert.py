@@ -51,6 +51,7 @@ from tfod.data.dicom import (
     restore_frame,
     try_prepare_image,
 )
+from tfod.data.input_files import by_patient, duplicate_reason
 from tfod.data.labels import Issue, LabelSet, PatientLabels, load_labels
 from tfod.data.manifest import (
     LABEL_MAP_NAME,
@@ -131,9 +132,7 @@ class DicomFolder:
     duplicates: dict[str, list[Path]]
 
     def issues(self) -> list[Issue]:
-        return [Issue(str(path), (), patient_id,
-                      f"{len(paths)} files for one patientId ({', '.join(p.name for p in paths)})"
-                      ": none converted")
+        return [Issue(str(path), (), patient_id, duplicate_reason(paths, "converted"))
                 for patient_id, paths in sorted(self.duplicates.items()) for path in paths]
 
 
@@ -142,14 +141,11 @@ def find_dicoms(dicom_dir) -> DicomFolder:
     dicom_dir = Path(dicom_dir)
     if not dicom_dir.is_dir():
         raise BadInput("no such folder (--dicom_dir)", dicom_dir)
-    by_id: dict[str, list[Path]] = {}
-    for path in sorted(dicom_dir.iterdir()):
-        if path.suffix.lower() == ".dcm":
-            by_id.setdefault(path.stem, []).append(path)
-    if not by_id:
+    paths = [path for path in sorted(dicom_dir.iterdir()) if path.suffix.lower() == ".dcm"]
+    if not paths:
         raise BadInput("the folder holds no .dcm files (--dicom_dir)", dicom_dir)
-    return DicomFolder({p: paths[0] for p, paths in by_id.items() if len(paths) == 1},
-                       {p: paths for p, paths in by_id.items() if len(paths) > 1})
+    unique, duplicates = by_patient(paths)
+    return DicomFolder({path.stem: path for path in unique}, duplicates)
 
 
 def split_into_shards(prefix: str, patient_ids: list[str], images_per_shard: int) -> list[Shard]:

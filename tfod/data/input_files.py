@@ -1,6 +1,11 @@
 """What an ``--input`` flag names: a DICOM folder, a text file of DICOM paths, or a TFRecord
 glob. One rule for every stage that reads images to predict (detections, image sizes for the
 ensemble, the classifier's probabilities), so the same ``--input`` means the same images to each.
+
+Every ``*.dcm`` entry of a folder is an input, a broken symbolic link included: the stage that
+reads it lists it as skipped ("cannot read the file"), as ``tfod-convert`` does, never drops it.
+Two different files of one patientId (``x.dcm`` and ``x.DCM``) are both refused
+(:func:`by_patient`), as ``tfod-convert`` refuses them: which one is meant is unknown.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ def input_files(text: str) -> tuple[str, list]:
 
 
 def _folder_dicoms(folder: Path) -> list[Path]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and not p.is_dir())
     if not paths:
         hint = " (for TFRecords give a glob: DIR/*.tfrecord)" if any(
             folder.glob("*.tfrecord")) else ""
@@ -49,3 +54,25 @@ def _listed_dicoms(list_file: Path) -> list[Path]:
     if not paths:
         raise BadInput("lists no DICOM path", list_file)
     return paths
+
+
+def by_patient(paths) -> tuple[list[Path], dict[str, list[Path]]]:
+    """``paths`` (in order) without the patientIds (file stems) that several different files
+    claim; those patientIds and their files. A path listed twice is one file."""
+    files: dict[str, list[Path]] = {}
+    for path in paths:
+        same = files.setdefault(path.stem, [])
+        if not any(_same_file(path, other) for other in same):
+            same.append(path)
+    duplicates = {stem: found for stem, found in files.items() if len(found) > 1}
+    return [path for path in paths if path.stem not in duplicates], duplicates
+
+
+def duplicate_reason(paths: list[Path], refused: str) -> str:
+    """Why the files of one patientId are refused (``refused``: 'converted', 'read')."""
+    return (f"{len(paths)} files for one patientId ({', '.join(p.name for p in paths)}): none "
+            f"{refused}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a == b or a.resolve() == b.resolve()

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from tfod.errors import BadInput
+from tfod.runfolder import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 LABEL_MAP_NAME = "label_map.pbtxt"
@@ -36,9 +37,8 @@ def file_sha256(path) -> str:
 def write_manifest(manifest: dict, output_dir) -> Path:
     """Write ``manifest`` as ``output_dir/manifest.json`` atomically (temporary file, rename)."""
     path = Path(output_dir) / MANIFEST_NAME
-    temporary = path.with_name(f".{MANIFEST_NAME}.incomplete")
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(temporary, path)
+    with atomic_write(path) as stream:
+        stream.write(json.dumps(manifest, indent=2) + "\n")
     return path
 
 

@@ -23,8 +23,6 @@ call (it would return nothing). A :func:`worker_pool` can split the images over 
 from __future__ import annotations
 
 import multiprocessing
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -283,6 +281,17 @@ def read_test_ids(path) -> list[str]:
     return ids.str.strip().tolist()
 
 
+def check_test_ids(ids: Sequence[str], test_ids: Sequence[str]) -> None:
+    """Raise :class:`BadInput` unless the detected images ``ids`` are the ``test_ids``."""
+    known = set(ids)
+    unknown = sorted(known - set(test_ids))
+    missing = [i for i in test_ids if i not in known]
+    if unknown or missing:
+        raise BadInput(f"detections and test ids differ: {len(missing)} test id(s) without "
+                       f"detections (e.g. {missing[:3]}), {len(unknown)} detected image(s) not "
+                       f"in the test ids (e.g. {unknown[:3]})")
+
+
 def write_submission(detections: Mapping[str, ImageBoxes], path, test_ids: Sequence[str],
                      threshold: float, box_scale: float = 1.0) -> Path:
     """Write the Kaggle submission of ``detections`` for exactly the ``test_ids``.
@@ -295,23 +304,11 @@ def write_submission(detections: Mapping[str, ImageBoxes], path, test_ids: Seque
     """
     path = Path(path)
     table = BoxTable.of(detections)
-    unknown = sorted(set(table.ids) - set(test_ids))
-    missing = [i for i in test_ids if i not in table]
-    if unknown or missing:
-        raise BadInput(f"detections and test ids differ: {len(missing)} test id(s) without "
-                       f"detections (e.g. {missing[:3]}), {len(unknown)} detected image(s) not "
-                       f"in the test ids (e.g. {unknown[:3]})")
+    check_test_ids(table.ids, test_ids)
     chosen = for_submission(table, threshold, box_scale)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        det.write_submission(chosen, temporary, ids=test_ids)
-        _check_submission(det.read_submission(temporary), chosen, test_ids)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return path
+    return det.write_submission(
+        chosen, path, ids=test_ids,
+        check=lambda written: _check_submission(det.read_submission(written), chosen, test_ids))
 
 
 def _check_submission(read_back: BoxTable, written: BoxTable, test_ids: Sequence[str]) -> None:

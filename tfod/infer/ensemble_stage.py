@@ -13,6 +13,10 @@
    with ``params_json``: reapplies such a file's fitted values;
 4. fuses (:func:`tfod.infer.ensemble.fuse`), gates by the classifier's probabilities, and
    writes the fused detections CSV and the Kaggle submission.
+
+Every input (test ids, image sizes, detections, classifier probabilities, ``ensemble.json``)
+is read and checked before anything is written, and each file is written atomically, so a
+refused run leaves no output behind.
 """
 from __future__ import annotations
 
@@ -170,6 +174,8 @@ def gate_function(request: EnsembleRequest):
         raise BadInput(f"--gate {request.gate!r}: {value!r} is not a number") from None
     if value and mode != "threshold":
         raise BadInput(f"--gate {request.gate!r}: only threshold takes a value")
+    if not 0.0 <= threshold <= 1.0:  # nan too
+        raise BadInput(f"--gate {request.gate!r}: the threshold must be in [0, 1]")
     probabilities = outside.read_probabilities(request.classifier_csv)
     return lambda detections: ensemble.gate(detections, probabilities, mode, threshold)
 
@@ -200,19 +206,21 @@ def _validation(models: list[BoxTable], folds_csv) -> tuple[list[BoxTable], dict
 
 
 def fit_models(request: EnsembleRequest, names, models, image_size, gate) -> fit.FitResult:
-    """Run the search and write ``ensemble.json`` and the threshold curves."""
+    """Run the search (:func:`write_fit` writes its result)."""
     if not request.labels_csv or not request.fit_dir:
         raise BadInput("--fit needs --labels_csv and --fit_dir")
     labels = det.read_labels(request.labels_csv)  # a FormatError is a BadInput: file and row
     models, folds = _validation(models, request.folds_csv)
-    result = fit.fit(models, names, labels, image_size, request.params, request.threshold,
-                     request.box_scale, folds=folds, transform=gate, workers=request.workers,
-                     progress=request.progress)
-    fit_dir = Path(request.fit_dir)
-    write_json(fit_dir / "ensemble.json", result.as_dict())
-    fit.plot_curves(result, fit_dir / "threshold_curves.png")
+    return fit.fit(models, names, labels, image_size, request.params, request.threshold,
+                   request.box_scale, folds=folds, transform=gate, workers=request.workers,
+                   progress=request.progress)
+
+
+def write_fit(result: fit.FitResult, fit_dir) -> None:
+    """Write ``ensemble.json`` and the threshold curves into ``fit_dir``."""
+    write_json(Path(fit_dir) / "ensemble.json", result.as_dict())
+    fit.plot_curves(result, Path(fit_dir) / "threshold_curves.png")
     print(fit.format_summary(result))
-    return result
 
 
 def run_ensemble(request: EnsembleRequest) -> dict:
@@ -221,14 +229,18 @@ def run_ensemble(request: EnsembleRequest) -> dict:
         raise BadInput("give --detections, --models or --outside")
     if request.submission and not request.test_ids:
         raise BadInput("--submission needs --test_ids")
+    test_ids = ensemble.read_test_ids(request.test_ids) if request.submission else None
     image_size = image_sizes(request)
-    found = [read_detections_input(p) for p in request.detections]
-    found += predicted_models(request)
-    found += [outside_model(t, request.csv_mapping, image_size) for t in request.outside]
-    names, models = unique_names([m.name for m in found]), aligned(found)
     gate = gate_function(request)
+    given = [read_detections_input(p) for p in request.detections]
+    outsiders = [outside_model(t, request.csv_mapping, image_size) for t in request.outside]
+    found = given + predicted_models(request) + outsiders  # the order --weights follow
+    names, models = unique_names([m.name for m in found]), aligned(found)
+    if test_ids is not None:
+        ensemble.check_test_ids(models[0].ids, test_ids)
     summary = {"models": names, "images": len(models[0])}
     params, threshold, box_scale = request.params, request.threshold, request.box_scale
+    result = None
     if request.fit:
         result = fit_models(request, names, models, image_size, gate)
         params, threshold, box_scale = (result.fitted.params, result.fitted.threshold,
@@ -246,10 +258,11 @@ def run_ensemble(request: EnsembleRequest) -> dict:
     fused = gate(fused) if gate else fused
     summary.update(params=params.checked(len(models)).as_dict(), threshold=threshold,
                    box_scale=box_scale, boxes=det.count_boxes(fused))
+    if result is not None:
+        write_fit(result, request.fit_dir)
     if request.output:
         summary["output"] = str(det.write_detections(fused, request.output))
-    if request.submission:
-        test_ids = ensemble.read_test_ids(request.test_ids)
+    if test_ids is not None:
         summary["submission"] = str(ensemble.write_submission(
             fused, request.submission, test_ids, threshold, box_scale))
     return summary

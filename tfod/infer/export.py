@@ -14,18 +14,25 @@ in ``best/``; ``latest``; or ``ckpt-N``), applies export-time overrides to the r
 * ``export_inference_graph`` restores the *latest* checkpoint of the folder it is given; the
   chosen checkpoint is linked into a temporary folder with its own ``checkpoint`` state file,
   so nothing of the OD API is patched and the run folder is not touched.
-* The export is written to a staging folder, smoke-tested (reloaded and run on one real image
-  of the run's evaluation records) and only then moved to ``output_dir``, with
+* One export at a time writes ``output_dir``: it holds the lock ``.<output_dir name>.lock``
+  beside it (:class:`tfod.runfolder.PidLock`); a second export of the same folder is refused,
+  naming the holder's pid (training the run is not blocked: exports read checkpoints only).
+* The export is written to its own staging folder (``.<output_dir name>.incoming-<pid>``,
+  staging folders left by killed exports are removed), smoke-tested (reloaded and run on one
+  real image of the run's evaluation records) and only then moved to ``output_dir``, with
   ``export.json``: the checkpoint, its step, its ``rsna/score`` and threshold from the
   evaluator, the input size, the overrides and the versions.
 """
 from __future__ import annotations
 
+import glob
+import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +43,8 @@ from tfod.infer.inputs import decode_encoded
 from tfod.infer.model import DETECTION_OUTPUTS, ExportedModel, fixed_input_size
 from tfod.runfolder import (
     Checkpoint,
+    LockHeld,
+    PidLock,
     RunFolder,
     checkpoint_step,
     latest_checkpoint,
@@ -58,20 +67,37 @@ def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequen
     chosen = resolve_checkpoint(run, checkpoint)
     pipeline = export_pipeline(run, overrides)
     output = Path(output_dir).expanduser().resolve() if output_dir else run.exported
-    _check_replaceable(output)
-    staging = _fresh(output.with_name(f".{output.name}.incoming"))
-    try:
-        with tempfile.TemporaryDirectory(prefix="tfod-export-") as folder:
-            _export_graph(pipeline, stage_checkpoint(chosen, Path(folder)), staging, overrides)
-        record = export_record(run, chosen, pipeline, overrides)
-        record["smoke_test"] = smoke_test(staging, pipeline)
-        write_json(staging / "export.json", record)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing behind
-        raise
-    _replace(staging, output)
+    with _export_lock(output):
+        _check_replaceable(output)
+        staging = _fresh(output)
+        try:
+            with tempfile.TemporaryDirectory(prefix="tfod-export-") as folder:
+                _export_graph(pipeline, stage_checkpoint(chosen, Path(folder)), staging,
+                              overrides)
+            record = export_record(run, chosen, pipeline, overrides)
+            record["smoke_test"] = smoke_test(staging, pipeline)
+            write_json(staging / "export.json", record)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing behind
+            raise
+        _replace(staging, output)
     record["output_dir"] = str(output)
     return record
+
+
+@contextmanager
+def _export_lock(output: Path) -> Iterator[None]:
+    """Hold ``output``'s export lock, or raise :class:`BadInput` naming the export holding it."""
+    lock = PidLock(output.with_name(f".{output.name}.lock"))
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        raise BadInput(f"another tfod-export (pid {held.holder}) is writing this folder (lock "
+                       f"{held.path}): wait for it to finish", output) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _export_graph(pipeline, checkpoint_dir: Path, staging: Path, overrides) -> None:
@@ -211,10 +237,13 @@ def _first_record_image(pipeline) -> tuple[str, np.ndarray]:
                                                                           np.uint8)
 
 
-def _fresh(folder: Path) -> Path:
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return folder
+def _fresh(output: Path) -> Path:
+    """This export's own staging folder beside ``output``; those of killed exports removed
+    (the caller holds the export lock, so no live export owns them)."""
+    for left in output.parent.glob(f".{glob.escape(output.name)}.incoming*"):
+        shutil.rmtree(left, ignore_errors=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return output.with_name(f".{output.name}.incoming-{os.getpid()}")
 
 
 def _check_replaceable(output: Path) -> None:

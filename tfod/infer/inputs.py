@@ -2,7 +2,9 @@
 
 Each input image becomes an item whose ``load()`` (run in a worker thread) gives its pixels
 and its original size, or a :class:`Skipped` saying why it cannot be read, so an unreadable
-input is listed, never dropped.
+input is listed, never dropped: a broken link, the files of a patientId that several files
+claim (all of them, as ``tfod-convert`` does), and the rest of a damaged record file from the
+damage on (how many images it held is unknown: the :class:`Skipped` says so).
 
 Pixels are the converter's, bit for bit: a DICOM the converter passes through (8-bit
 MONOCHROME2 JPEG Baseline) has its JPEG frame decoded by TensorFlow's JPEG decoder, the one the
@@ -24,16 +26,18 @@ from typing import NamedTuple
 import numpy as np
 
 from tfod.data import dicom
-from tfod.data.input_files import input_files
+from tfod.data.input_files import by_patient, duplicate_reason, input_files
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """An input that gave no image, and why."""
+    """An input that gave no image, and why; ``images``: how many images it held (None: not
+    known, the rest of a damaged record file)."""
 
     input: str
     reason: str
     patient_id: str = ""
+    images: int | None = 1
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,10 @@ def find_inputs(text: str) -> Inputs:
     kind, found = input_files(text)
     if kind == "tfrecords":
         return Inputs(_records(found), None, kind)
-    return Inputs(iter([DicomInput(path) for path in found]), len(found), kind)
+    _, duplicates = by_patient(found)
+    items = [Skipped(str(path), duplicate_reason(duplicates[path.stem], "read"), path.stem)
+             if path.stem in duplicates else DicomInput(path) for path in found]
+    return Inputs(iter(items), len(items), kind)
 
 
 def _records(files: list[str]) -> Iterator[RecordInput | Skipped]:
@@ -134,8 +141,10 @@ def _records(files: list[str]) -> Iterator[RecordInput | Skipped]:
                 index += 1
                 yield _record_input(tf.io.parse_single_example(record, spec), origin)
         except tf.errors.OpError as error:
-            yield Skipped(f"{file}#{index}", f"unreadable record and the rest of the file "
-                          f"({error.message.splitlines()[0]})")
+            where = ("not a TFRecord file, or damaged from its first record" if index == 0 else
+                     f"damaged at record {index}: it and the rest of the file are lost")
+            yield Skipped(f"{file}#{index}", f"{where}, how many images is unknown "
+                          f"({error.message.splitlines()[0]})", images=None)
 
 
 def _record_input(example: dict, origin: str) -> RecordInput | Skipped:

@@ -35,7 +35,7 @@ from tfod.detections import ImageBoxes
 from tfod.errors import BadInput
 from tfod.infer.inputs import LoadedImage, Skipped, find_inputs, load
 from tfod.infer.model import ExportedModel, export_folder
-from tfod.runfolder import read_json, write_json
+from tfod.runfolder import atomic_write, json_text, read_json
 
 TTA_MODES = ("none", "hflip")
 TTA_IOU = 0.55  # weighted box fusion: boxes overlapping more than this are one object
@@ -50,6 +50,7 @@ def predict(model, inputs, batch_size: int = 8, min_score: float = 0.0, tta: str
 
     ``detections`` maps each readable image's patientId (in input order) to its boxes in
     pixels of its original size with scores >= ``min_score``; ``skipped`` lists the rest.
+    :class:`BadInput` when no image at all could be read (nothing to predict).
     """
     _check_options(batch_size, min_score, tta)
     found = find_inputs(str(inputs))
@@ -63,6 +64,9 @@ def predict(model, inputs, batch_size: int = 8, min_score: float = 0.0, tta: str
             for image, result in zip(batch, _detect(model, batch, tta), strict=True):
                 detections[image.patient_id] = _to_pixels(*result, image, min_score)
             bar.update(len(batch))
+    if not detections:
+        example = f", e.g. {skipped[0].input}: {skipped[0].reason}" if skipped else ""
+        raise BadInput(f"no image to predict ({_lost(skipped)}{example})", inputs)
     return detections, skipped
 
 
@@ -178,10 +182,13 @@ def skipped_path(output) -> Path:
 def write_predictions(detections: dict[str, ImageBoxes], skipped: list[Skipped], output,
                       submission=None, threshold: float = 0.0) -> list[Path]:
     """Write the detections CSV, its ``.skipped.json`` sidecar (always, empty when nothing was
-    skipped) and, with ``submission``, the Kaggle CSV of the boxes scoring >= ``threshold``."""
-    written = [det.write_detections(detections, output)]
-    write_json(skipped_path(output), [asdict(item) for item in skipped])
-    written.append(skipped_path(output))
+    skipped) and, with ``submission``, the Kaggle CSV of the boxes scoring >= ``threshold``.
+
+    Each file is written atomically; the sidecar is written first and renamed into place right
+    after the CSV, so a failed write keeps the earlier CSV with its own sidecar."""
+    with atomic_write(skipped_path(output)) as sidecar:
+        sidecar.write(json_text([asdict(item) for item in skipped]))
+        written = [det.write_detections(detections, output), skipped_path(output)]
     if submission is not None:
         above = {patient_id: ImageBoxes(image.boxes[image.scores >= threshold],
                                         image.scores[image.scores >= threshold])
@@ -190,9 +197,17 @@ def write_predictions(detections: dict[str, ImageBoxes], skipped: list[Skipped],
     return written
 
 
+def _lost(skipped: list[Skipped]) -> str:
+    damaged = sum(item.images is None for item in skipped)
+    return f"skipped {sum(item.images or 0 for item in skipped)} image(s)" + (
+        f" and the rest of {damaged} damaged record file(s) (how many images is unknown)"
+        if damaged else "")
+
+
 def format_skipped(skipped: list[Skipped], limit: int = 10) -> str:
-    """The printed ``skipped`` summary: a count and the first few inputs with reasons."""
-    lines = [f"skipped {len(skipped)} input(s)"]
+    """The printed ``skipped`` summary: how many images were lost (and the damaged record files
+    whose lost images cannot be counted), then the first few inputs with reasons."""
+    lines = [_lost(skipped)]
     lines += [f"  {item.input}: {item.reason}" for item in skipped[:limit]]
     if len(skipped) > limit:
         lines.append(f"  ... and {len(skipped) - limit} more (see the .skipped.json file)")

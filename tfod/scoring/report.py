@@ -24,6 +24,7 @@ from tqdm import tqdm  # noqa: E402
 
 from tfod import boxes as box_ops  # noqa: E402
 from tfod.data import dicom  # noqa: E402
+from tfod.runfolder import atomic_write  # noqa: E402
 
 PREDICTED_COLOUR = (0, 200, 0)
 TRUTH_COLOUR = (0, 0, 0)
@@ -232,6 +233,7 @@ def write_gallery(items: Sequence[GalleryItem], dicom_dir, output_dir,
     ))
     missing = sum(reason.startswith("no DICOM file") for reason in not_drawn.values())
     if not_drawn:
-        (output_dir / "not_drawn.json").write_text(json.dumps(not_drawn, indent=1))
+        with atomic_write(output_dir / "not_drawn.json") as stream:
+            stream.write(json.dumps(not_drawn, indent=1))
     return {"index": str(index), "images": len(drawn), "missing_dicoms": missing,
             "not_drawn": not_drawn}

@@ -32,6 +32,7 @@ from tfod import boxes as box_ops
 from tfod import detections as det
 from tfod.detections import BoxTable, ImageBoxes
 from tfod.errors import BadInput
+from tfod.runfolder import atomic_write
 from tfod.scoring import analysis
 from tfod.scoring.metric import (
     MIN_SCORES,
@@ -305,7 +306,8 @@ def score_detections(ground_truth: Mapping[str, ImageBoxes],
 
 def _write_metrics(metrics: Mapping, output_dir: Path) -> None:
     text = json.dumps(_without_nan(dict(metrics)), indent=2, allow_nan=False) + "\n"
-    (output_dir / "metrics.json").write_text(text)
+    with atomic_write(output_dir / "metrics.json") as stream:
+        stream.write(text)
 
 
 def _draw_plots(scored: Scored, output_dir: Path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tfod.config.request import ConfigRequest
 from tfod.data import records
-from tfod.runfolder import FINISHED, RunFolder, read_json, read_status
+from tfod.runfolder import FINISHED, RunFolder, read_json, read_status, write_json
 from tfod.train import cv
 from tfod.train.launch import LaunchError, launch_run
 from tfod.train.launch.base import stop_signals_as_interrupt
@@ -149,12 +149,11 @@ def _lane_file(run_root, model: str, lane: int, request: ConfigRequest, plan: li
                backend: str, flags: dict, options: dict) -> Path:
     """Write what a lane process needs to train its folds (read by :func:`main`)."""
     path = cv_dir(run_root, model) / LANES_DIR / f"lane{lane}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
+    write_json(path, {
         "request": dataclasses.asdict(request), "backend": backend, "flags": flags,
         "options": options,
         "plan": [{**dataclasses.asdict(item), "run_dir": str(item.run_dir)} for item in plan],
-    }, indent=2, default=str))
+    })
     return path
 
 

@@ -15,12 +15,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tfod import cli
 from tfod.errors import BadInput
 from tfod.runfolder import RunFolder, read_json, write_json
 
 
-def _setting(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
+def _setting(default, help_text: str, lower=None, upper=None, positive: bool = False):
+    """A field with its default, its flag's help and the range its flag accepts."""
+    return field(default=default, metadata={"help": help_text, "lower": lower, "upper": upper,
+                                            "positive": positive})
 
 
 @dataclass(frozen=True)
@@ -28,21 +31,25 @@ class TrainSettings:
     """The settings of one run; ``num_steps`` is the step to train to."""
 
     num_steps: int
-    checkpoint_every: int = _setting(1000, "Steps between checkpoints (each one is evaluated).")
-    max_to_keep: int = _setting(7, "Checkpoints kept (the best is copied to best/ anyway).")
-    log_every: int = _setting(100, "Steps between progress lines.")
+    checkpoint_every: int = _setting(1000, "Steps between checkpoints (each one is evaluated).",
+                                     lower=1)
+    max_to_keep: int = _setting(7, "Checkpoints kept (the best is copied to best/ anyway).",
+                                lower=1)
+    log_every: int = _setting(100, "Steps between progress lines.", lower=1)
     num_workers: int = _setting(1, "Training processes (MultiWorkerMirroredStrategy if > 1): "
                                 "the local launcher starts them all on 127.0.0.1; with "
-                                "TF_CONFIG set, this launcher runs that one worker.")
+                                "TF_CONFIG set, this launcher runs that one worker.", lower=1)
     cpu_replicas: int = _setting(0, "Mirror over this many logical CPU devices: the several-GPU "
-                                 "path without GPUs (for tests).")
+                                 "path without GPUs (for tests).", lower=0)
     eval_poll_seconds: float = _setting(5.0, "How often the evaluator looks for a new "
-                                        "checkpoint.")
+                                        "checkpoint.", positive=True)
     trainer_timeout: float = _setting(300.0, "The evaluator stops after this many seconds "
-                                      "without a new checkpoint or a trainer heartbeat.")
+                                      "without a new checkpoint or a trainer heartbeat.",
+                                      positive=True)
     patience: int = _setting(0, "Stop after this many evaluations without a better rsna/score; "
-                             "0: never.")
-    min_delta: float = _setting(0.0, "A better rsna/score beats the best by more than this.")
+                             "0: never.", lower=0)
+    min_delta: float = _setting(0.0, "A better rsna/score beats the best by more than this.",
+                                lower=0.0, upper=1.0)
 
     def __post_init__(self):
         for name in ("num_steps", "checkpoint_every", "max_to_keep", "log_every", "num_workers"):
@@ -96,7 +103,14 @@ def define_flags(tool_module: str) -> Callable[[], dict]:
     if tool_module == "__main__":  # under python -m: absl names the main module by its path
         tool_module = sys.argv[0]
     definers = {int: flags.DEFINE_integer, float: flags.DEFINE_float}
-    holders = {item.name: definers[type(item.default)](
-        item.name, item.default, item.metadata["help"], module_name=tool_module)
-        for item in dataclasses.fields(TrainSettings) if item.name != "num_steps"}
+    holders = {}
+    for item in dataclasses.fields(TrainSettings):
+        if item.name == "num_steps":
+            continue
+        meta = item.metadata
+        holders[item.name] = definers[type(item.default)](
+            item.name, item.default, meta["help"], lower_bound=meta["lower"],
+            upper_bound=meta["upper"], module_name=tool_module)
+        if meta["positive"]:
+            cli.require_positive(holders[item.name])
     return lambda: {name: holder.value for name, holder in holders.items()}

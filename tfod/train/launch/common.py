@@ -7,8 +7,6 @@ differ only in how they start, watch and restart them.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import getpass
 import importlib.metadata
 import os
@@ -24,7 +22,7 @@ from pathlib import Path
 
 from tfod.errors import NAN_LOSS as NAN_EXIT_CODE  # noqa: F401  (the launchers' name)
 from tfod.errors import BadInput
-from tfod.runfolder import RunFolder, read_json, write_json
+from tfod.runfolder import LockHeld, PidLock, RunFolder, read_json, write_json
 from tfod.train.settings import TrainSettings
 
 TRAIN, EVAL, TENSORBOARD = "train", "eval", "tensorboard"
@@ -193,55 +191,21 @@ class RunLocked(LaunchError):
     """Another live launcher trains this run folder."""
 
 
-class RunLock:
-    """One launcher per run folder: ``fcntl.flock`` on ``<run>/.lock``, which holds its pid.
-
-    The kernel drops the lock when its holder dies, however it dies, so a lock file left by a
-    dead launcher is simply taken over; a live holder makes :meth:`acquire` raise
-    :class:`RunLocked` with its pid. The descriptor is not inherited by the launcher's children.
-    """
+class RunLock(PidLock):
+    """One launcher per run folder: a :class:`tfod.runfolder.PidLock` on ``<run>/.lock``; a
+    live holder makes :meth:`acquire` raise :class:`RunLocked` with its pid, a lock left by a
+    dead launcher is taken over."""
 
     def __init__(self, run: RunFolder):
-        self.path = run.root / ".lock"
-        self.file = None
-        self.took_over: int | None = None  # the pid of a dead holder whose lock file was left
+        super().__init__(run.root / ".lock")
 
     def acquire(self) -> None:
-        """Take the lock, or raise :class:`RunLocked` naming the live holder's pid."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # held until release()
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            handle.close()
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
+            super().acquire()
+        except LockHeld as held:
             raise RunLocked(f"{self.path.parent} is being trained by another launcher (pid "
-                            f"{holder}, lock {self.path}): stop it, or use another --run_dir"
-                            ) from None
-        handle.seek(0)
-        previous = handle.read().strip()
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self.file = handle
-        if previous.isdigit() and int(previous) != os.getpid():
-            self.took_over = int(previous)
-
-    def release(self) -> None:
-        if self.file is not None:
-            self.file.close()  # closing the descriptor drops the flock
-            self.file = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+                            f"{held.holder}, lock {self.path}): stop it, or use another "
+                            "--run_dir") from None
 
 
 # ------------------------------------------------------------------------- run's config
