@@ -87,7 +87,10 @@ def main(argv):
     if CONFIG.list_models:
         print(configs.format_model_table())
         return 0
-    if _FOLDS.value:
+    if _FOLDS.value is None and flags.FLAGS["run_root"].present:
+        raise flags.ValidationError("--run_root is where --folds trains; give --folds, or "
+                                    "--run_dir for one run")
+    if _FOLDS.value is not None:
         return campaign.run_campaign(
             CONFIG.request(), _FOLDS.value, run_root=_RUN_ROOT.value, backend=_BACKEND.value,
             parallel=_PARALLEL_FOLDS.value, labels_csv=_LABELS_CSV.value,

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import tensorflow as tf
-from google.protobuf import descriptor
+from google.protobuf import descriptor, text_format
 from google.protobuf.message import Message
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -111,7 +111,23 @@ def get_spec(model: str) -> ModelSpec:
 
 def load_base_configs(model: str) -> dict:
     """The base config of ``model`` as ``config_util``'s dict of protos."""
-    return config_util.get_configs_from_pipeline_file(str(get_spec(model).path))
+    return read_configs(get_spec(model).path)
+
+
+def read_configs(path: str | os.PathLike) -> dict:
+    """A ``pipeline.config`` as ``config_util``'s dict of protos: the one reader of the file for
+    every stage. :class:`ConfigError` naming the file when it is missing or not a pipeline
+    config (text that does not parse, or no model)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("no such pipeline config", path)
+    try:
+        configs = config_util.get_configs_from_pipeline_file(str(path))
+    except (text_format.ParseError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"not a pipeline config ({error})", path) from None
+    if not configs["model"].WhichOneof("model"):
+        raise ConfigError("not a pipeline config (it defines no model)", path)
+    return configs
 
 
 def model_defaults(configs: Mapping) -> ModelDefaults:
@@ -736,7 +752,7 @@ def build_config(model: str, data_dir: str | os.PathLike, fold: int,
 
 def describe_config(path: str | os.PathLike) -> str:
     """A few lines that say what a written pipeline.config will do."""
-    configs = config_util.get_configs_from_pipeline_file(str(path))
+    configs = read_configs(path)
     defaults = model_defaults(configs)
     train_config = configs["train_config"]
     checkpoint = train_config.fine_tune_checkpoint or "none (from scratch)"
@@ -796,6 +812,7 @@ class ConfigRequest:
             source = Path(self.pipeline_config)
             if not source.is_file():
                 raise ConfigError(f"--pipeline_config {source} does not exist")
+            read_configs(source)  # a damaged file is named here, not as the run's copy
             output = Path(output)
             if output.suffix != ".config":
                 output = output / "pipeline.config"

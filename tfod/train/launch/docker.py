@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tfod.errors import INTERRUPTED
 from tfod.runfolder import LAUNCHED, STOPPED, read_json, read_status, write_status
 from tfod.train.launch.common import (
     EVAL,
@@ -202,7 +203,7 @@ class DockerLauncher:
             for name in self.names.values():
                 _docker("stop", name, check=False)
             write_status(self.run, STOPPED, reason="interrupted")
-            return Outcome(130, messages=["interrupted"])
+            return Outcome(INTERRUPTED, messages=["interrupted"])
         finally:
             if TENSORBOARD in self.names:
                 _docker("rm", "--force", self.names[TENSORBOARD], check=False)

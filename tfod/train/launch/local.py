@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tfod.errors import INTERRUPTED
 from tfod.runfolder import (
     FINISHED,
     LAUNCHED,
@@ -252,7 +253,7 @@ class LocalLauncher:
             self.echo("interrupted: stopping every process (the latest checkpoint is kept)")
             self._stop_all()
             write_status(self.run, STOPPED, reason="interrupted")
-            return Outcome(130, messages=["interrupted"])
+            return Outcome(INTERRUPTED, messages=["interrupted"])
         finally:
             self._stop_all()
 
