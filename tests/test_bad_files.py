@@ -23,6 +23,7 @@ from tfod.errors import BadInput
 from tfod.infer import ensemble, export, outside, sizes
 from tfod.infer.ensemble_stage import EnsembleRequest, run_ensemble
 from tfod.runfolder import RunFolder, read_best_checkpoint
+from tfod.scoring.stage import read_image_ids
 
 BINARY = bytes(range(256)) * 8  # not UTF-8 anywhere
 
@@ -223,8 +224,7 @@ def test_every_csv_reader_names_the_line_an_editor_shows(tmp_path):
     with pytest.raises(BadInput, match=r"sizes.csv, row 18: width '1024' and height 'wide'"):
         sizes.read_image_sizes(sizes_csv)
     ids = tmp_path / "ids.csv"
-    ids.write_text(text.replace(",1024,1024", ",") .replace("width,height", "x")
-                   + "\np3,\n")
+    ids.write_text(text.replace(",1024,1024", ",").replace("width,height", "x") + "\np3,\n")
     with pytest.raises(BadInput, match=r"ids.csv, row 18: patientId p3 listed twice "
                                        r"\(first on line 5\)"):
         ensemble.read_test_ids(ids)
@@ -234,6 +234,10 @@ def test_every_csv_reader_names_the_line_an_editor_shows(tmp_path):
                           + "\np15,1.5\n")
     with pytest.raises(BadInput, match=r"classifier.csv, row 18: probability 1.5 is outside"):
         outside.read_probabilities(classifier)
+    images = tmp_path / "images.csv"  # tfod-evaluate --images
+    images.write_text(text.replace(",1024,1024", ",").replace("width,height", "x") + "\n,p99\n")
+    with pytest.raises(BadInput, match=r"images.csv, row 18: empty patientId"):
+        read_image_ids(images)
     mapped = tmp_path / "mapped.csv"
     mapped.write_text("patientId,x,y,width,height,score\n\na,1,2,3,4,0.5\nb,1,2,0,4,0.5\n")
     with pytest.raises(BadInput, match=r"mapped.csv, row 4: box of b has no area"):

@@ -56,14 +56,14 @@ def split_for(data_dir, fold: int) -> Split:
     folds = records.find_folds(data_dir)
     if not folds:
         raise BadInput("no fold*.tfrecord shards (a test-set conversion has no labels)", data_dir)
+    if fold != ALL_FOLDS and fold not in folds:
+        raise BadInput(f"--fold={fold} is not among the folds {folds} (or -1 for all)", data_dir)
+    if fold != ALL_FOLDS and len(folds) == 1:
+        raise BadInput("a single fold leaves nothing to train on; use --fold=-1", data_dir)
     check_data_for_fold(data_dir, fold)
     if fold == ALL_FOLDS:
         every = records.train_globs(data_dir, ALL_FOLDS, folds)
         return Split(every, every, folds)
-    if fold not in folds:
-        raise BadInput(f"--fold={fold} is not among the folds {folds} (or -1 for all)", data_dir)
-    if len(folds) == 1:
-        raise BadInput("a single fold leaves nothing to train on; use --fold=-1", data_dir)
     return Split(records.train_globs(data_dir, fold, folds), [records.eval_glob(data_dir, fold)],
                  folds)
 
