@@ -11,10 +11,12 @@ from noisy_models import noisy_model
 from pydicom.encaps import generate_frames
 from test_dicom import write_frame
 
+from tfod import boxes as box_ops
 from tfod import detections as det
 from tfod.data import dicom
 from tfod.detections import BoxTable, ImageBoxes
-from tfod.infer import ensemble, fit
+from tfod.errors import BadInput
+from tfod.infer import ensemble, fit, outside, sizes
 from tfod.infer.ensemble import FusionParams
 from tfod.scoring import metric
 from tfod.train import cv
@@ -32,6 +34,11 @@ def truth() -> BoxTable:
     return labels.subset(labels.ids[:600])
 
 
+def oversized(model: BoxTable, factor: float) -> BoxTable:
+    """``model`` with every box scaled about its centre by ``factor``."""
+    return BoxTable(model.ids, model.image, box_ops.scale_xywh(model.boxes, factor), model.scores)
+
+
 def direct_score(truth, fused, threshold: float, box_scale: float) -> float:
     """The competition score of what a submission at ``threshold``/``box_scale`` would hold."""
     return metric.competition_score(truth, ensemble.for_submission(fused, threshold, box_scale))
@@ -41,7 +48,8 @@ def direct_score(truth, fused, threshold: float, box_scale: float) -> float:
 
 
 def test_fit_given_and_fitted_scores_each_match_a_direct_computation(truth):
-    models = [noisy_model(truth, seed, quality) for seed, quality in ((31, 0.9), (32, 0.4))]
+    models = [oversized(noisy_model(truth, seed, quality), 1.3)
+              for seed, quality in ((31, 0.9), (32, 0.4))]  # boxes too large: scale < 1 wins
     given = FusionParams(iou_thr=0.7, weights=(3.0, 1.0))  # far from what the fit picks
     folds = {image_id: k % 3 for k, image_id in enumerate(truth.ids)}
     probabilities = {image_id: (k % 7) / 6 for k, image_id in enumerate(truth.ids)}
@@ -52,25 +60,26 @@ def test_fit_given_and_fitted_scores_each_match_a_direct_computation(truth):
     result = fit.fit(models, ["a", "b"], truth, None, given, threshold=0.3, box_scale=0.85,
                      folds=folds, transform=gate)
     as_given = gate(ensemble.fuse(models, None, given))
-    assert result.given.score == pytest.approx(direct_score(truth, as_given, 0.3, 0.85), abs=1e-12)
+    assert result.given.score == pytest.approx(direct_score(truth, as_given, 0.3, 0.85), abs=1e-9)
     assert (result.given.threshold, result.given.box_scale) == (0.3, 0.85)
     fitted = result.fitted
+    assert fitted.box_scale < 1.0
     fused = gate(ensemble.fuse(models, None, fitted.params))
     assert fitted.score == pytest.approx(
-        direct_score(truth, fused, fitted.threshold, fitted.box_scale), abs=1e-12)
+        direct_score(truth, fused, fitted.threshold, fitted.box_scale), abs=1e-9)
     assert fitted.score > result.given.score + 0.01  # the two differ: neither can stand in
     for k in range(3):
         ids = [i for i in truth.ids if folds[i] == k]
         assert result.per_fold[k] == pytest.approx(direct_score(
-            truth.subset(ids), fused.subset(ids), fitted.threshold, fitted.box_scale), abs=1e-12)
+            truth.subset(ids), fused.subset(ids), fitted.threshold, fitted.box_scale), abs=1e-9)
     for name, model in zip(("a", "b"), models, strict=True):
         single = result.singles[name]
         assert single["given"].score == pytest.approx(direct_score(truth, model, 0.3, 0.85),
-                                                      abs=1e-12)
+                                                      abs=1e-9)
         assert single["fitted"].score == pytest.approx(direct_score(
-            truth, model, single["fitted"].threshold, single["fitted"].box_scale), abs=1e-12)
-        assert single["fitted"].score >= max(
-            direct_score(truth, model, t, s) for t in (0.2, 0.4, 0.6) for s in (0.8, 0.9, 1.0))
+            truth, model, single["fitted"].threshold, single["fitted"].box_scale), abs=1e-9)
+        assert single["fitted"].score >= max(direct_score(truth, model, t, s) for t in (
+            0.2, 0.4, 0.6) for s in (0.8, 0.9, 1.0)) - 1e-9
 
 
 # --- gating and the submission's threshold -----------------------------------------------------
@@ -116,18 +125,23 @@ def test_each_folds_score_is_taken_at_the_one_out_of_fold_threshold(truth):
         truth.subset(ids[k]), {i: oof[i] for i in ids[k]}))[0] for k in ids}
     folds = [{"run": f"m-fold{k}", "fold": k, "score": 0.5, "threshold": own[k],
               "ids": list(ids[k])} for k in ids]
-    summary = cv.score_oof(truth, oof, folds)
+    labels = det.read_labels(LABELS_CSV)  # more labelled images than the folds hold
+    summary = cv.score_oof(labels.subset(labels.ids[:900]), oof, folds)
     curve = [metric.competition_score(truth, oof, min_score=t) for t in metric.MIN_SCORES]
-    threshold = float(metric.MIN_SCORES[int(np.nanargmax(curve))])
-    assert summary["oof"]["threshold"] == threshold
-    assert summary["oof"]["score"] == pytest.approx(max(curve), abs=1e-12)
-    assert own[0] != threshold or own[1] != threshold  # the folds' own thresholds differ
+    threshold = summary["oof"]["threshold"]
+    assert summary["oof"]["score"] == pytest.approx(max(curve), abs=1e-9)
+    assert metric.competition_score(truth, oof, min_score=threshold) == pytest.approx(
+        max(curve), abs=1e-9)
+    differ = 0
     for fold in summary["folds"]:
         k = fold["fold"]
-        at_oof = metric.competition_score(truth.subset(ids[k]), {i: oof[i] for i in ids[k]},
-                                          min_score=threshold)
-        assert fold["score_at_oof_threshold"] == pytest.approx(at_oof, abs=1e-12)
+        fold_truth, fold_oof = truth.subset(ids[k]), {i: oof[i] for i in ids[k]}
+        at_oof = metric.competition_score(fold_truth, fold_oof, min_score=threshold)
+        assert fold["score_at_oof_threshold"] == pytest.approx(at_oof, abs=1e-9)
         assert fold["images"] == len(ids[k]) and fold["threshold"] == own[k]
+        differ += abs(metric.competition_score(fold_truth, fold_oof, min_score=own[k])
+                      - at_oof) > 1e-6
+    assert differ  # a fold's own threshold gives another score: the two cannot be confused
 
 
 # --- convert's passthrough with the frame check switched off -----------------------------------
@@ -142,3 +156,108 @@ def test_a_frame_without_end_of_image_marker_is_refused_even_unverified(sample_d
             dicom.prepare_image(cut, verify_frames=verify)
     whole = write_frame(sample_dicoms[0], tmp_path / "whole.dcm", frame)
     assert dicom.prepare_image(whole, verify_frames=False).encoded == frame
+
+
+# --- readers at their bounds -------------------------------------------------------------------
+
+
+def test_probabilities_at_zero_and_one_are_accepted_and_just_outside_refused(tmp_path):
+    csv = tmp_path / "classifier.csv"
+    csv.write_text("patientId,probability\na,0.0\nb,1.0\nc,1\n")
+    assert outside.read_probabilities(csv) == {"a": 0.0, "b": 1.0, "c": 1.0}
+    for value, line in (("1.0000001", 3), ("-0.0000001", 3)):
+        csv.write_text(f"patientId,probability\na,0.5\nb,{value}\n")
+        with pytest.raises(BadInput, match=f"classifier.csv, row {line}: probability"):
+            outside.read_probabilities(csv)
+
+
+def test_a_mapped_csv_row_with_only_some_box_fields_is_an_error_naming_its_line(tmp_path):
+    csv = tmp_path / "theirs.csv"
+    csv.write_text("id,conf,left,top,w,h\na,0.9,1,2,30,40\nb,,,,,\nc,0.5,1,2,,40\n")
+    columns = {"patientId": "id", "score": "conf", "x": "left", "y": "top", "width": "w",
+               "height": "h"}
+    with pytest.raises(BadInput, match=r"theirs.csv, row 4: width '' is not a number"):
+        outside.read_mapped_csv(csv, columns)
+    csv.write_text("id,conf,left,top,w,h\na,0.9,1,2,30,40\nb,,,,,\n")
+    read = outside.read_mapped_csv(csv, columns)
+    assert read.ids == ["a", "b"] and len(read["b"]) == 0
+    np.testing.assert_array_equal(read["a"].boxes, [[1, 2, 30, 40]])
+
+
+def test_image_sizes_of_dicoms_are_width_then_height(sample_dicoms, tmp_path):
+    from test_predict import resized_dicom
+
+    folder = tmp_path / "dicoms"
+    folder.mkdir()
+    resized_dicom(sample_dicoms[0], 600, 400, folder / "wide.dcm")
+    resized_dicom(sample_dicoms[1], 300, 500, folder / "tall.dcm")
+    found, skipped = sizes.sizes_of_inputs(str(folder))
+    assert found == {"wide": (600, 400), "tall": (300, 500)} and skipped == []
+
+
+def test_classifier_metrics_with_one_class_give_no_auc_but_f1():
+    from tfod.classify.evaluate import classification_metrics
+
+    metrics = classification_metrics(np.ones(4, int), np.array([0.9, 0.2, 0.6, 0.6]))
+    assert np.isnan(metrics["roc_auc"]) and metrics["positives"] == metrics["images"] == 4
+    assert metrics["f1"] == pytest.approx(1.0) and metrics["threshold"] == 0.2
+    metrics = classification_metrics([0, 1, 1, 0], [0.1, 0.8, 0.7, 0.7])
+    assert metrics["roc_auc"] == pytest.approx(0.875)
+    assert metrics["f1"] == pytest.approx(0.8) and metrics["threshold"] == 0.7
+
+
+class FixedScores:
+    """A detector with the ExportedModel interface that finds the same two boxes in every image,
+    one scoring exactly ``score`` and one the float just below it."""
+
+    input_size = None
+
+    def __init__(self, score: float):
+        self.score = score
+
+    def resize(self, image):
+        return np.broadcast_to(np.asarray(image, np.float32)[..., None], image.shape[:2] + (3,))
+
+    def __call__(self, images):
+        boxes = np.array([[0.1, 0.2, 0.5, 0.6], [0.5, 0.5, 0.9, 0.7]])
+        return [boxes] * len(images), [np.array([self.score, below(self.score)])] * len(images)
+
+
+def test_predict_keeps_a_score_exactly_at_min_score_and_the_submission_at_its_threshold(
+        sample_dicoms, tmp_path):
+    from test_predict import resized_dicom
+
+    from tfod.infer import predict as infer
+
+    folder = tmp_path / "dicoms"
+    folder.mkdir()
+    resized_dicom(sample_dicoms[0], 600, 400, folder / "wide.dcm")
+    detections, _ = infer.predict(FixedScores(0.25), folder, min_score=0.25, progress=False)
+    np.testing.assert_array_equal(detections["wide"].scores, [0.25])
+    np.testing.assert_allclose(detections["wide"].boxes, [[120, 40, 240, 160]])  # x y w h px
+    everything, _ = infer.predict(FixedScores(0.25), folder, progress=False)
+    output, submission = tmp_path / "detections.csv", tmp_path / "submission.csv"
+    infer.write_predictions(everything, [], output, submission, threshold=0.25)
+    assert len(det.read_detections(output)["wide"]) == 2
+    submitted = det.read_submission(submission)["wide"]
+    np.testing.assert_array_equal(submitted.scores, [0.25])
+    np.testing.assert_allclose(submitted.boxes, [[120, 40, 240, 160]])
+
+
+@pytest.mark.parametrize("method", ["nmw", "wbf", "nms"])
+def test_unequal_weights_reach_the_library_divided_by_the_largest(method):
+    """``nmw`` multiplies scores by the weights: divided by the largest they stay in [0, 1]."""
+    import ensemble_boxes
+
+    first = BoxTable.of({"a": ImageBoxes([[100, 100, 200, 300], [700, 500, 100, 100]],
+                                         [0.8, 0.3])})
+    second = BoxTable.of({"a": ImageBoxes([[120, 90, 210, 280], [690, 520, 110, 90]],
+                                          [0.6, 0.5])})
+    fused = ensemble.fuse([first, second], None, FusionParams(method, (1.0, 3.0), 0.5))["a"]
+    library = {"nmw": ensemble_boxes.non_maximum_weighted, "wbf":
+               ensemble_boxes.weighted_boxes_fusion, "nms": ensemble_boxes.nms}[method]
+    normalized = [box_ops.xywh_to_xyxy(m["a"].boxes, 1024, 1024) for m in (first, second)]
+    _, scores, _ = library(normalized, [first["a"].scores, second["a"].scores],
+                           [np.zeros(2), np.zeros(2)], weights=[1 / 3, 1.0], iou_thr=0.5)
+    np.testing.assert_allclose(np.sort(fused.scores), np.sort(scores), rtol=1e-12)
+    assert fused.scores.max() <= 1.0
