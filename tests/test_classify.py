@@ -215,7 +215,7 @@ def class_info_name(example, class_info) -> str:
 def test_bad_class_info_and_folds_are_one_line_errors(converted_sample, tmp_path):
     bad = tmp_path / "classes.csv"
     bad.write_text("patientId,class\na,Normal\nb,Pneumonia\n")
-    with pytest.raises(BadInput, match=r"classes.csv, row 2: class 'Pneumonia'"):
+    with pytest.raises(BadInput, match=r"classes.csv, row 3: class 'Pneumonia'"):
         data.read_class_info(bad)
     one = tmp_path / "one.csv"
     one.write_text(f"patientId,class\n{sample_ids()[0]},Normal\n")

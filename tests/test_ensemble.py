@@ -191,17 +191,18 @@ def test_darknet_and_mapped_csv_readers(tmp_path):
         outside.read_darknet(darknet)
     assert str(darknet) in str(error.value)
     mapped.write_text("image,conf,cx,cy,w,h\na,high,0.5,0.5,0.25,0.5\n")
-    with pytest.raises(BadInput, match="row 1: score 'high' is not a number"):
+    with pytest.raises(BadInput, match="row 2: score 'high' is not a number"):
         outside.read_mapped_csv(mapped, {"patientId": "image", "score": "conf", "width": "w",
                                          "height": "h"}, "cxcywh")
 
 
 def test_image_sizes_from_dicoms_and_from_a_sizes_csv(tmp_path):
-    from_dicoms = sizes.sizes_of_inputs(str(SAMPLE_DICOMS))
+    from_dicoms, skipped = sizes.sizes_of_inputs(str(SAMPLE_DICOMS))
     assert len(from_dicoms) == 16 and set(from_dicoms.values()) == {(1024, 1024)}
+    assert skipped == []
     csv = tmp_path / "sizes.csv"
     csv.write_text(f"patientId,width,height\n{WIDE},600,400\nb,1024,wide\n")
-    with pytest.raises(BadInput, match="row 2: width '1024' and height 'wide'"):
+    with pytest.raises(BadInput, match="row 3: width '1024' and height 'wide'"):
         sizes.read_image_sizes(csv)
     csv.write_text(f"patientId,width,height\n{WIDE},600,400\n")
     assert sizes.read_image_sizes(csv) == {WIDE: (600, 400)}

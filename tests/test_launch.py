@@ -214,8 +214,10 @@ def test_dry_run_local_shows_environment_and_resume_state(converted_sample, tmp_
     (run_dir / "pipeline.config").write_text("model {}\n")  # a run started with another config
     done = run_tool("--model=ssd_mobilenet_v2", f"--data_dir={converted_sample}",
                     f"--run_dir={run_dir}", "--dry_run")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "ERROR: " in done.stdout and "different pipeline.config" in done.stdout
+    assert done.returncode == 2, done.stdout + done.stderr  # the launch would refuse it
+    assert "training cannot resume" in done.stdout and "ERROR" not in done.stdout
+    assert "error: " in done.stderr and "different pipeline.config" in done.stderr
+    assert "Traceback" not in done.stderr
     assert "CUDA_VISIBLE_DEVICES=-1" in done.stdout and "-m tfod.train train" in done.stdout
     assert sorted(p.name for p in run_dir.iterdir()) == ["pipeline.config"]
 

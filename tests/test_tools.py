@@ -123,6 +123,7 @@ def _fails_with(error):
     (BadInput("bad value", "f.csv", 3), 2, "error: f.csv, row 3: bad value"),
     (RunFailed("stage 'train' failed: see logs"), 1, "error: stage 'train' failed: see logs"),
     (OSError("disk full"), 1, "error: OSError: disk full (--debug shows the traceback)"),
+    (KeyboardInterrupt(), 130, "error: interrupted"),
 ])
 def test_the_runner_turns_each_failure_into_its_exit_code(error, code, line, capsys):
     flags.FLAGS(["tool"])

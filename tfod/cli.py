@@ -30,7 +30,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from tfod.errors import BAD_INPUT, FAILED, BadInput, RunFailed
+from tfod.errors import BAD_INPUT, FAILED, INTERRUPTED, BadInput, RunFailed
 
 FLAGS = flags.FLAGS
 _DEBUG = flags.DEFINE_bool("debug", False, "On an error, show the Python traceback.")
@@ -68,7 +68,7 @@ def guarded(main: Callable[[list[str]], int | None]) -> Callable[[list[str]], in
                 traceback.print_exc()
             return fail(str(error), BAD_INPUT)
         except KeyboardInterrupt:
-            return fail("interrupted", FAILED)
+            return fail("interrupted", INTERRUPTED)
         except RunFailed as error:  # its message says what failed and where the logs are
             if _DEBUG.value:
                 traceback.print_exc()

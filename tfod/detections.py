@@ -173,21 +173,50 @@ def count_boxes(detections: Mapping[str, ImageBoxes]) -> int:
 
 def _rows(path: Path, header: list[str]) -> Iterable[tuple[int, list[str]]]:
     """Yield ``(row number, fields)`` of a CSV after checking its header and field counts."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        first = next(reader, None)
-        if first is None:
-            raise FormatError(path, 1, f"empty file, expected the header {','.join(header)}")
-        if [name.strip().lstrip("\ufeff") for name in first] != header:
-            raise FormatError(path, 1, f"header {first} is not {','.join(header)}")
-        for number, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise FormatError(
-                    path, number, f"{len(fields)} fields, expected {len(header)}: {fields}"
-                )
-            yield number, [field.strip() for field in fields]
+    number = 1
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            first = next(reader, None)
+            if first is None:
+                raise FormatError(path, 1, f"empty file, expected the header {','.join(header)}")
+            if [name.strip().lstrip("\ufeff") for name in first] != header:
+                raise FormatError(path, 1, f"header {first} is not {','.join(header)}")
+            for number, fields in enumerate(reader, start=2):
+                if not fields:
+                    continue
+                if len(fields) != len(header):
+                    raise FormatError(
+                        path, number, f"{len(fields)} fields, expected {len(header)}: {fields}"
+                    )
+                yield number, [field.strip() for field in fields]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise FormatError(path, None, f"not a text CSV file ({error})") from None
+
+
+def read_table(path, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """A CSV with a header, every field a string ('' when empty), indexed by each row's line
+    number in the file (the header is line 1, as an editor shows it); blank rows are dropped
+    and header names stripped. ``columns`` must all be in the header.
+
+    The one reader of the small CSVs the stages take (image sizes, test ids, classifier
+    probabilities, class info, outside models' detections), so every error names the file
+    and the line.
+    """
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False,
+                            encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(path, None, "not a text CSV file") from None
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        raise FormatError(path, None, f"cannot read as a CSV ({error})") from None
+    table.columns = [str(name).strip().lstrip("\ufeff") for name in table.columns]
+    missing = [name for name in columns if name not in table.columns]
+    if missing:
+        raise FormatError(path, 1, f"no column {missing} in the header {list(table.columns)}")
+    table.index = table.index + 2
+    filled = table.apply(lambda column: column.str.strip() != "").any(axis=1)
+    return table[filled]
 
 
 def _number(path, row: int, name: str, text: str) -> float:

@@ -2,13 +2,15 @@
 
 A bad input or flag prints one line naming the file, row and reason and exits
 :data:`BAD_INPUT`; a run that fails exits :data:`FAILED`; a trainer stopped by a non-finite loss
-exits :data:`NAN_LOSS` (the launchers never restart it). Library modules raise
-:class:`BadInput` (or a subclass) for anything the user gave; :func:`tfod.cli.run` turns it into
-the one line and the exit code.
+exits :data:`NAN_LOSS` (the launchers never restart it); a tool stopped by Ctrl-C (or SIGTERM,
+for tfod-train) exits :data:`INTERRUPTED` (128 + SIGINT, the shell's convention). Library
+modules raise :class:`BadInput` (or a subclass) for anything the user gave;
+:func:`tfod.cli.run` turns it into the one line and the exit code.
 """
 from __future__ import annotations
 
 OK, FAILED, BAD_INPUT, NAN_LOSS = 0, 1, 2, 3
+INTERRUPTED = 130
 
 
 class BadInput(ValueError):

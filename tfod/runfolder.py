@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from tfod.errors import BadInput
+
 # Trainer states written to train_status.json. The evaluator stops waiting in the terminal ones.
 LAUNCHED, RUNNING, FINISHED, FAILED, NAN_LOSS, STOPPED = (
     "launched", "running", "finished", "failed", "nan_loss", "stopped"
@@ -312,11 +314,59 @@ class Checkpoint:
         return self.path.name
 
 
-def checkpoint_step(prefix) -> int:
-    """The global step saved in an OD API checkpoint."""
+def read_best_checkpoint(run: RunFolder) -> dict | None:
+    """``best_checkpoint.json`` of ``run`` (at least its ``checkpoint`` and ``step``); None when
+    the evaluator has written none; :class:`BadInput` naming the file when it is damaged."""
+    try:
+        text = run.best_checkpoint.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInput(f"cannot read it ({error})", run.best_checkpoint) from None
+    try:
+        best = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInput(f"not JSON ({error.msg})", run.best_checkpoint, error.lineno) from None
+    if not (isinstance(best, dict) and isinstance(best.get("checkpoint"), str)
+            and isinstance(best.get("step"), int)):
+        raise BadInput("lacks the evaluator's 'checkpoint' (a name) and 'step' (an integer)",
+                       run.best_checkpoint)
+    return best
+
+
+def _checkpoint_error(prefix: Path, error) -> BadInput:
+    """A TensorFlow error reading checkpoint ``prefix`` as one line naming the damaged file."""
+    data = sorted(prefix.parent.glob(prefix.name + ".data-*"))
+    damaged = data[0] if "sstable" not in error.message and data else prefix.with_name(
+        prefix.name + ".index")
+    return BadInput(f"damaged checkpoint {prefix.name} ({error.message.splitlines()[0]})",
+                    damaged)
+
+
+def checkpoint_variables(prefix, verify: bool = False) -> list[str]:
+    """The variable names of checkpoint ``prefix``; with ``verify``, every value is read (its
+    checksum checked) too. :class:`BadInput` naming the file when the checkpoint is damaged."""
     import tensorflow as tf
 
-    return int(tf.train.load_variable(str(prefix), "step/.ATTRIBUTES/VARIABLE_VALUE"))
+    prefix = Path(prefix)
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+        names = sorted(reader.get_variable_to_shape_map())
+        for name in names if verify else ():
+            reader.get_tensor(name)
+    except tf.errors.OpError as error:  # TensorFlow's reader raises the base class
+        raise _checkpoint_error(prefix, error) from None
+    return names
+
+
+def checkpoint_step(prefix) -> int:
+    """The global step saved in an OD API checkpoint (:class:`BadInput` when it is damaged)."""
+    import tensorflow as tf
+
+    try:
+        return int(tf.train.load_variable(str(prefix), "step/.ATTRIBUTES/VARIABLE_VALUE"))
+    except tf.errors.OpError as error:  # TensorFlow's reader raises the base class
+        raise _checkpoint_error(Path(prefix), error) from None
 
 
 def list_checkpoints(run_dir) -> list[Checkpoint]:
@@ -332,7 +382,7 @@ def list_checkpoints(run_dir) -> list[Checkpoint]:
         if path.with_name(path.name + ".index").exists():
             try:
                 found.append(Checkpoint(path, checkpoint_step(path)))
-            except (tf.errors.NotFoundError, tf.errors.DataLossError):
+            except (tf.errors.NotFoundError, BadInput):
                 continue  # deleted by the trainer's CheckpointManager while we looked
     return found
 

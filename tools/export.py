@@ -2,9 +2,10 @@
 
 tfod-export --run_dir runs/ssd_mobilenet_v2-fold0                       # best -> <run>/exported
 tfod-export --run_dir runs/ssd_mobilenet_v2-fold0 --checkpoint latest --output_dir /models/ssd
+NMS=model.ssd.post_processing.batch_non_max_suppression   # 50 boxes: raise both limits
 tfod-export --run_dir runs/ssd_mobilenet_v2-fold0 --checkpoint ckpt-12 \\
-    --config_override model.ssd.post_processing.batch_non_max_suppression.score_threshold=0.001 \\
-    --config_override model.ssd.post_processing.batch_non_max_suppression.max_total_detections=50
+    --config_override $NMS.score_threshold=0.001 --config_override $NMS.max_total_detections=50 \\
+    --config_override $NMS.max_detections_per_class=50
 
 Writes saved_model/, pipeline.config, checkpoint/ and export.json. See docs/predict.md.
 """

@@ -70,8 +70,11 @@ def main(argv):
     if CONFIG.list_models:
         print(registry.format_model_table())
         return 0
-    cli.check_outputs(folders=[_RUN_DIR, _RUN_ROOT] if _FOLDS.value else [_RUN_DIR])
-    if _FOLDS.value:
+    if _FOLDS.value is None and flags.FLAGS["run_root"].present:
+        raise flags.ValidationError("--run_root is where --folds trains; give --folds, or "
+                                    "--run_dir for one run")
+    cli.check_outputs(folders=[_RUN_DIR, _RUN_ROOT] if _FOLDS.value is not None else [_RUN_DIR])
+    if _FOLDS.value is not None:
         return campaign.run_campaign(
             ConfigRequest.from_flags(CONFIG), _FOLDS.value, run_root=_RUN_ROOT.value,
             backend=_BACKEND.value,

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import tensorflow as tf
 
 from tfod.data import records, splits
 from tfod.data.convert import FOLDS_NAME, MANIFEST_NAME
+from tfod.detections import read_table
 from tfod.errors import BadInput
 
 CLASSES = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")  # the opacity comes last
@@ -48,36 +48,33 @@ class Split:
 
 def split_for(data_dir, fold: int) -> Split:
     """The globs of ``fold`` in a finished converted folder; :class:`BadInput` otherwise."""
+    from tfod.config.pipeline import check_data_for_fold  # the check tfod-train makes
+
     data_dir = Path(data_dir)
     if not (data_dir / MANIFEST_NAME).is_file():
         raise BadInput(f"not a finished tfod-convert folder (no {MANIFEST_NAME})", data_dir)
     folds = records.find_folds(data_dir)
     if not folds:
         raise BadInput("no fold*.tfrecord shards (a test-set conversion has no labels)", data_dir)
+    if fold != ALL_FOLDS and fold not in folds:
+        raise BadInput(f"--fold={fold} is not among the folds {folds} (or -1 for all)", data_dir)
+    if fold != ALL_FOLDS and len(folds) == 1:
+        raise BadInput("a single fold leaves nothing to train on; use --fold=-1", data_dir)
+    check_data_for_fold(data_dir, fold)
     if fold == ALL_FOLDS:
         every = records.train_globs(data_dir, ALL_FOLDS, folds)
         return Split(every, every, folds)
-    if fold not in folds:
-        raise BadInput(f"--fold={fold} is not among the folds {folds} (or -1 for all)", data_dir)
-    if len(folds) == 1:
-        raise BadInput("a single fold leaves nothing to train on; use --fold=-1", data_dir)
     return Split(records.train_globs(data_dir, fold, folds), [records.eval_glob(data_dir, fold)],
                  folds)
 
 
 def read_class_info(path) -> dict[str, int]:
     """``{patientId: index in CLASSES}`` from a CSV with ``patientId`` and ``class`` columns."""
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise BadInput(f"cannot read the class-info CSV ({error})", path) from error
-    missing = {"patientId", "class"} - set(table.columns)
-    if missing:
-        raise BadInput(f"missing column(s) {sorted(missing)} in the header", path)
-    bad = ~table["class"].isin(CLASSES)  # rows count from 1 at the first data line
+    table = read_table(path, ["patientId", "class"])
+    bad = ~table["class"].isin(CLASSES)
     if bad.any():
-        row = int(bad.to_numpy().argmax())
-        raise BadInput(f"class {table['class'].iloc[row]!r} is not one of {CLASSES}", path, row + 1)
+        line = int(table.index[bad.to_numpy().argmax()])
+        raise BadInput(f"class {table['class'][line]!r} is not one of {CLASSES}", path, line)
     table = table.drop_duplicates("patientId")
     return dict(zip(table["patientId"], table["class"].map(CLASSES.index), strict=True))
 

@@ -32,6 +32,19 @@ DROPOUT = 0.2
 SERVING_KEY, INPUT_KEY, OUTPUT_KEY = "serving_default", "encoded", "probability"
 
 
+def check_weights_file(weights: str | None) -> None:
+    """:class:`BadInput` naming ``weights`` unless it is None or an HDF5 file (Keras' weights
+    format, e.g. ``densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5``)."""
+    import h5py  # TensorFlow's own dependency, Keras' weights format
+
+    if weights is None:
+        return
+    if not Path(weights).is_file():
+        raise BadInput("--weights is not a file", weights)
+    if not h5py.is_hdf5(weights):
+        raise BadInput("--weights is not an HDF5 weights file (Keras' *_notop.h5)", weights)
+
+
 def build_classifier(backbone: str, image_size: int, num_outputs: int = 1,
                      weights: str | None = None,
                      batchnorm_momentum: float | None = None) -> tf.keras.Model:
@@ -44,12 +57,16 @@ def build_classifier(backbone: str, image_size: int, num_outputs: int = 1,
     """
     if backbone not in BACKBONES:
         raise BadInput(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}")
-    if weights is not None and not Path(weights).is_file():
-        raise BadInput("--weights is not a file", weights)
+    check_weights_file(weights)
     constructor, preprocess = BACKBONES[backbone]
     inputs = tf.keras.Input((image_size, image_size, 3), name="image")
-    base = constructor(include_top=False, weights=weights, pooling="avg",
-                       input_shape=(image_size, image_size, 3))
+    try:
+        base = constructor(include_top=False, weights=weights, pooling="avg",
+                           input_shape=(image_size, image_size, 3))
+    except ValueError as error:
+        if weights is None:
+            raise
+        raise BadInput(f"not {backbone} weights without the top ({error})", weights) from None
     if batchnorm_momentum is not None:
         base = with_batchnorm_momentum(base, batchnorm_momentum)
     features = base(tf.keras.layers.Lambda(preprocess, name="preprocess")(inputs))

@@ -35,6 +35,7 @@ from tfod.classify.model import (
     MIN_IMAGE_SIZE,
     OpacityAUC,
     build_classifier,
+    check_weights_file,
     export_saved_model,
 )
 from tfod.classify.runpaths import best_weights, config_path, saved_model_path
@@ -82,6 +83,7 @@ class ClassifierConfig:
             raise BadInput(f"--batchnorm_momentum={momentum} must be in [0, 1)")
         if self.eval_every < 0:
             raise BadInput(f"--eval_every={self.eval_every} must be 0 (auto) or positive")
+        check_weights_file(self.weights)
 
     @property
     def steps_per_evaluation(self) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import tensorflow as tf
-from google.protobuf import descriptor
+from google.protobuf import descriptor, text_format
 from google.protobuf.message import Message
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -35,6 +35,22 @@ from tfod.errors import BadInput
 
 PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
 IMAGE_SIZE_RANGE = (32, 4096)  # pixels: outside it a typo, not a model
+
+
+def read_configs(path: str | os.PathLike) -> dict:
+    """A ``pipeline.config`` as ``config_util``'s dict of protos: the one reader of the file for
+    every stage. :class:`ConfigError` naming the file when it is missing or not a pipeline
+    config (text that does not parse, or no model)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("no such pipeline config", path)
+    try:
+        configs = config_util.get_configs_from_pipeline_file(str(path))
+    except (text_format.ParseError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"not a pipeline config ({error})", path) from None
+    if not configs["model"].WhichOneof("model"):
+        raise ConfigError("not a pipeline config (it defines no model)", path)
+    return configs
 
 
 # ---------------------------------------------------------------- converted folder
@@ -322,7 +338,7 @@ def build_config(model: str, data_dir: str | os.PathLike, fold: int,
 
 def describe_config(path: str | os.PathLike) -> str:
     """A few lines that say what a written pipeline.config will do."""
-    configs = config_util.get_configs_from_pipeline_file(str(path))
+    configs = read_configs(path)
     defaults = registry.model_defaults(configs)
     train_config = configs["train_config"]
     checkpoint = train_config.fine_tune_checkpoint or "none (from scratch)"

@@ -79,12 +79,9 @@ def get_spec(model: str) -> ModelSpec:
 
 def load_base_configs(model: str) -> dict:
     """The base config of ``model`` as ``config_util``'s dict of protos."""
-    import tfod.compat  # noqa: F401  (fixes the stack; must precede the OD API imports)
+    from tfod.config.pipeline import read_configs  # TensorFlow: only when a config is read
 
-    # isort: split
-    from object_detection.utils import config_util  # TensorFlow: only when a config is read
-
-    return config_util.get_configs_from_pipeline_file(str(get_spec(model).path))
+    return read_configs(get_spec(model).path)
 
 
 def model_defaults(configs: Mapping) -> ModelDefaults:

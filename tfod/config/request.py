@@ -64,6 +64,9 @@ class ConfigRequest:
             source = Path(self.pipeline_config)
             if not source.is_file():
                 raise ConfigError(f"--pipeline_config {source} does not exist")
+            from tfod.config.pipeline import read_configs
+
+            read_configs(source)  # a damaged file is named here, not as the run's copy
             output = Path(output)
             if output.suffix != ".config":
                 output = output / "pipeline.config"

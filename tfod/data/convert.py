@@ -183,7 +183,10 @@ def plan_training_set(dicoms: DicomFolder, labels: LabelSet, labels_csv, num_fol
     if num_folds > len(matched):
         raise BadInput(f"--num_folds={num_folds} is more than the {len(matched)} patient(s) "
                        "that have both a DICOM and a usable label row", labels_csv)
-    folds = splits.folds_for_patients(matched, num_folds, seed)
+    try:
+        folds = splits.folds_for_patients(matched, num_folds, seed)
+    except BadInput as error:
+        raise BadInput(error.reason, labels_csv) from None
     shards = []
     for fold in range(num_folds):
         members = [p for p, k in folds.items() if k == fold]

@@ -1,6 +1,7 @@
-"""What an ``--input`` flag names: a DICOM folder, a text file of DICOM paths, or a TFRecord
-glob. One rule for every stage that reads images to predict (detections, image sizes for the
-ensemble, the classifier's probabilities), so the same ``--input`` means the same images to each.
+"""What an ``--input`` flag names: a DICOM folder, one DICOM file, a text file of DICOM paths, or
+a TFRecord glob. One rule for every stage that reads images to predict (detections, image sizes
+for the ensemble, the classifier's probabilities), so the same ``--input`` means the same images
+to each.
 
 Every ``*.dcm`` entry of a folder is an input, a broken symbolic link included: the stage that
 reads it lists it as skipped ("cannot read the file"), as ``tfod-convert`` does, never drops it.
@@ -19,12 +20,15 @@ GLOB_CHARACTERS = frozenset("*?[")
 
 
 def input_files(text: str) -> tuple[str, list]:
-    """What ``--input`` names: its kind ('dicom folder', 'dicom list' or 'tfrecords') and its
-    DICOM paths or record files. The one rule for every stage that takes such an input."""
+    """What ``--input`` names: its kind ('dicom folder', 'dicom list' (a list file, or one
+    ``.dcm`` file) or 'tfrecords') and its DICOM paths or record files. The one rule for every
+    stage that takes such an input."""
     path = Path(text).expanduser()
     if path.is_dir():
         return "dicom folder", _folder_dicoms(path)
     is_records = path.suffix in RECORD_SUFFIXES or GLOB_CHARACTERS & set(text)
+    if path.is_file() and path.suffix.lower() == ".dcm":
+        return "dicom list", [path]
     if path.is_file() and not is_records:
         return "dicom list", _listed_dicoms(path)
     files = sorted(glob.glob(str(path)))

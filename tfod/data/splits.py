@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from tfod.data.labels import PatientLabels
+from tfod.errors import BadInput
 
 FOLDS_COLUMNS = ("patientId", "fold", "target", "class", "view_position")
 REQUIRED_COLUMNS = ("patientId", "fold")
@@ -40,12 +41,27 @@ def assign_folds(patient_ids, strata, num_folds: int, seed: int) -> dict[str, in
         raise ValueError(f"cannot split {unique} patients into {num_folds} folds")
     if num_folds == 1:
         return {patient_id: 0 for patient_id in sorted(set(ids))}
+    _check_strata(ids, strata, num_folds)
     splitter = StratifiedGroupKFold(n_splits=num_folds)
     groups = _seeded_group_labels(ids, seed)
     folds: dict[str, int] = {}
     for fold, (_, members) in enumerate(splitter.split(np.zeros(len(ids)), strata, groups)):
         folds.update((patient_id, fold) for patient_id in ids[members])
     return dict(sorted(folds.items()))
+
+
+def _check_strata(ids: np.ndarray, strata: np.ndarray, num_folds: int) -> None:
+    """:class:`BadInput` where the splitter cannot stratify: every class (stratum) with fewer
+    entries than folds (scikit-learn's "n_splits cannot be greater than the number of members
+    in each class"), naming each class and its patients."""
+    entries = pd.Series(strata).value_counts()
+    if (entries >= num_folds).any():
+        return
+    patients = pd.DataFrame({"id": ids, "stratum": strata}).groupby("stratum")["id"].nunique()
+    found = ", ".join(f"{stratum}: {count} patient(s)"
+                      for stratum, count in patients.items())
+    raise BadInput(f"every class has fewer patients than the {num_folds} folds asked ({found}):"
+                   " a stratified split needs as many in a class; ask for fewer folds")
 
 
 def _seeded_group_labels(ids: np.ndarray, seed: int) -> np.ndarray:

@@ -267,18 +267,18 @@ def for_submission(detections: Mapping[str, ImageBoxes], threshold: float,
 
 
 def read_test_ids(path) -> list[str]:
-    """The ``patientId`` column of a CSV (e.g. Kaggle's sample submission), each id once."""
-    try:
-        ids = pd.read_csv(path, usecols=["patientId"], dtype=str)["patientId"]
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise BadInput(f"cannot read a patientId column ({error})", path) from None
-    if ids.isna().any():
-        raise BadInput("empty patientId", path, int(np.flatnonzero(ids.isna())[0]) + 1)
+    """The ``patientId`` column of a CSV (e.g. Kaggle's sample submission), each id once
+    (ids are compared with spaces around them stripped)."""
+    table = det.read_table(path, ["patientId"])
+    ids = table["patientId"].str.strip()
+    if (ids == "").any():
+        raise BadInput("empty patientId", path, int(ids.index[(ids == "").argmax()]))
     repeated = ids[ids.duplicated()]
     if len(repeated):
-        raise BadInput(f"patientId {repeated.iloc[0]} listed twice", path,
-                       int(repeated.index[0]) + 1)
-    return ids.str.strip().tolist()
+        first = int(ids.index[(ids == repeated.iloc[0]).argmax()])
+        raise BadInput(f"patientId {repeated.iloc[0]} listed twice (first on line {first})",
+                       path, int(repeated.index[0]))
+    return ids.tolist()
 
 
 def check_test_ids(ids: Sequence[str], test_ids: Sequence[str]) -> None:

@@ -84,7 +84,11 @@ def image_sizes(request: EnsembleRequest) -> dict[str, tuple[int, int]] | None:
     if request.image_sizes:
         return sizes.read_image_sizes(request.image_sizes)
     if request.input:
-        return sizes.sizes_of_inputs(request.input)
+        found, skipped = sizes.sizes_of_inputs(request.input)
+        if skipped:
+            print(f"note: {request.input}: {len(skipped)} unreadable input(s) skipped, e.g. "
+                  f"{skipped[0].input}: {skipped[0].reason}")
+        return found
     print("note: no --image_sizes or --input: every image is taken as 1024 x 1024 (RSNA)")
     return None
 

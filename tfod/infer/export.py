@@ -47,8 +47,10 @@ from tfod.runfolder import (
     PidLock,
     RunFolder,
     checkpoint_step,
+    checkpoint_variables,
     latest_checkpoint,
     list_checkpoints,
+    read_best_checkpoint,
     read_json,
     write_json,
 )
@@ -64,8 +66,8 @@ def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequen
     run = RunFolder(run_dir)
     if not run.pipeline_config.is_file():
         raise BadInput("not a run folder (no pipeline.config)", run.root)
-    chosen = resolve_checkpoint(run, checkpoint)
     pipeline = export_pipeline(run, overrides)
+    chosen = resolve_checkpoint(run, checkpoint)
     output = Path(output_dir).expanduser().resolve() if output_dir else run.exported
     with _export_lock(output):
         _check_replaceable(output)
@@ -117,10 +119,8 @@ def _export_graph(pipeline, checkpoint_dir: Path, staging: Path, overrides) -> N
 def resolve_checkpoint(run: RunFolder, which: str) -> Checkpoint:
     """``best``, ``latest`` or ``ckpt-N`` of ``run`` -> the checkpoint, which holds weights."""
     checkpoint = _find_checkpoint(run, which)
-    import tensorflow as tf
-
-    if not any(name.startswith("model/") for name, _ in tf.train.list_variables(
-            str(checkpoint.path))):
+    if not any(name.startswith("model/") for name in checkpoint_variables(checkpoint.path,
+                                                                         verify=True)):
         raise BadInput(f"checkpoint {checkpoint.name} (step {checkpoint.step}) holds no model "
                        "weights (the trainer saves one before the model is built): export a "
                        "later one", run.root)
@@ -129,7 +129,7 @@ def resolve_checkpoint(run: RunFolder, which: str) -> Checkpoint:
 
 def _find_checkpoint(run: RunFolder, which: str) -> Checkpoint:
     if which == "best":
-        best = read_json(run.best_checkpoint)
+        best = read_best_checkpoint(run)
         if not best:
             raise BadInput(f"no evaluated best checkpoint ({run.best_checkpoint.name} is missing"
                            "): the evaluator has not scored a checkpoint of this run; export "
@@ -164,12 +164,18 @@ def export_pipeline(run: RunFolder, overrides: Sequence[str]):
 
     from tfod.config import ConfigError
     from tfod.config.overrides import apply_overrides
+    from tfod.config.pipeline import read_configs
 
-    configs = config_util.get_configs_from_pipeline_file(str(run.pipeline_config))
+    configs = read_configs(run.pipeline_config)
+    trained = config_util.get_number_of_classes(configs["model"])
     try:
         apply_overrides(configs, overrides)
     except ConfigError as error:
         raise BadInput(str(error), "--config_override") from error
+    if config_util.get_number_of_classes(configs["model"]) != trained:
+        raise BadInput(f"num_classes {config_util.get_number_of_classes(configs['model'])} "
+                       f"differs from the {trained} the run's checkpoints were trained with",
+                       "--config_override")
     return config_util.create_pipeline_proto_from_configs(configs)
 
 
@@ -189,7 +195,7 @@ def export_record(run: RunFolder, checkpoint: Checkpoint, pipeline, overrides) -
 
     evaluated = (read_json(run.evaluated, default={}) or {}).get(checkpoint.name, {})
     metrics = evaluated.get("metrics", {})
-    best = read_json(run.best_checkpoint) or {}
+    best = read_best_checkpoint(run) or {}
     size = fixed_input_size(pipeline.model)
     return {
         "run_dir": str(run.root),

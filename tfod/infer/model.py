@@ -54,7 +54,8 @@ class ExportedModel:
     def __init__(self, path):
         import tensorflow as tf
         from object_detection.builders import image_resizer_builder
-        from object_detection.utils import config_util
+
+        from tfod.config.pipeline import read_configs
 
         self.folder = export_folder(path)
         try:
@@ -67,7 +68,7 @@ class ExportedModel:
         if not config_path.is_file():
             raise BadInput("no pipeline.config beside saved_model/ (not an OD API export)",
                            self.folder)
-        self.model_config = config_util.get_configs_from_pipeline_file(str(config_path))["model"]
+        self.model_config = read_configs(config_path)["model"]
         self.input_size = fixed_input_size(self.model_config)
         meta_architecture = getattr(self.model_config, self.model_config.WhichOneof("model"))
         self._resizer = image_resizer_builder.build(meta_architecture.image_resizer)

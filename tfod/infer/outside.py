@@ -13,8 +13,8 @@ image, the frame of tfod's detections CSV; every conversion goes through :mod:`t
   itself. ``normalized`` boxes are in [0, 1] and need each image's size. A row whose box
   fields are all empty is an image without boxes.
 
-A bad row raises :class:`~tfod.errors.BadInput` naming the file and the row (1 = the first data
-line; for Darknet, the line number).
+A bad row raises :class:`~tfod.errors.BadInput` naming the file and its line as an editor shows
+it (a CSV's header is line 1).
 
 The image-level classifier's ``patientId,probability`` CSV (for gating) is read here too.
 """
@@ -25,10 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from tfod import boxes as box_ops
-from tfod.detections import BoxTable
+from tfod.detections import BoxTable, read_table
 from tfod.errors import BadInput
 
 BOX_FORMATS = {
@@ -64,13 +63,16 @@ def _to_xywh(boxes: np.ndarray, box_format: str) -> np.ndarray:
     return boxes
 
 
-def _table(ids: list[str], image: list[int], boxes: list, scores: list, path) -> BoxTable:
-    table = BoxTable(ids, image, np.array(boxes, dtype=np.float64).reshape(-1, 4), scores)
-    bad = np.flatnonzero((table.boxes[:, 2] <= 0) | (table.boxes[:, 3] <= 0))
+def _table(ids: list[str], image: list[int], boxes: np.ndarray, scores: list, lines: list[int],
+           path) -> BoxTable:
+    """The boxes (pixel ``x, y, w, h``, read from ``lines`` of ``path``) as a table; a box
+    without area (e.g. ``x1 > x2``) is an error naming its line."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    bad = np.flatnonzero((boxes[:, 2] <= 0) | (boxes[:, 3] <= 0))
     if len(bad):
-        raise BadInput(f"box of {table.ids[table.image[bad[0]]]} has no area: "
-                       f"{table.boxes[bad[0]].tolist()}", path)
-    return table
+        raise BadInput(f"box of {ids[image[bad[0]]]} has no area (width x height "
+                       f"{boxes[bad[0], 2]:g} x {boxes[bad[0], 3]:g})", path, lines[bad[0]])
+    return BoxTable(ids, image, boxes, scores)
 
 
 def read_darknet(path) -> BoxTable:
@@ -80,8 +82,11 @@ def read_darknet(path) -> BoxTable:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise BadInput(f"cannot read a Darknet result file ({error})", path) from None
+    if not any(line.strip() for line in lines):
+        raise BadInput("empty Darknet result file: no box line (a model that found nothing "
+                       "cannot be told from a file that was not written)", path)
     index: dict[str, int] = {}
-    image, boxes, scores = [], [], []
+    image, boxes, scores, numbers = [], [], [], []
     for row, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields:
@@ -95,8 +100,9 @@ def read_darknet(path) -> BoxTable:
         image.append(index.setdefault(patient_id, len(index)))
         boxes.append(corners)
         scores.append(_score(fields[1], path, row))
+        numbers.append(row)
     return _table(list(index), image, box_ops.from_corners(np.reshape(boxes, (-1, 4))),
-                  scores, path)
+                  scores, numbers, path)
 
 
 def parse_columns(text: str) -> dict[str, str]:
@@ -130,14 +136,11 @@ def read_mapped_csv(path, columns: Mapping[str, str] | None = None, box_format: 
                     sizes: Mapping[str, tuple[int, int]] | None = None) -> BoxTable:
     """Detections from any CSV through a column mapping (see the module docstring)."""
     path = Path(path)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise BadInput(f"cannot read ({error})", path) from None
+    frame = read_table(path)
     theirs = _check_mapping(columns or {}, box_format, frame.columns, path)
     index: dict[str, int] = {}
-    image, boxes, scores = [], [], []
-    for row, fields in enumerate(frame[theirs].itertuples(index=False), start=1):
+    image, boxes, scores, numbers = [], [], [], []
+    for row, fields in zip(frame.index, frame[theirs].itertuples(index=False), strict=True):
         patient_id, score, *box = (field.strip() for field in fields)
         if not patient_id:
             raise BadInput("empty patientId", path, row)
@@ -148,12 +151,13 @@ def read_mapped_csv(path, columns: Mapping[str, str] | None = None, box_format: 
         boxes.append([_number(t, n, path, row) for t, n in zip(box, names, strict=True)])
         scores.append(_score(score, path, row))
         image.append(i)
+        numbers.append(row)
     ids = list(index)
     array = np.reshape(np.array(boxes, dtype=np.float64), (-1, 4))
     if normalized:
         width, height = _sizes_of_boxes(ids, image, sizes, path)
         array = box_ops.to_pixels(array, width, height)
-    return _table(ids, image, _to_xywh(array, box_format), scores, path)
+    return _table(ids, image, _to_xywh(array, box_format), scores, numbers, path)
 
 
 def _sizes_of_boxes(ids, image, sizes, path):
@@ -169,14 +173,11 @@ def _sizes_of_boxes(ids, image, sizes, path):
 def read_probabilities(path) -> dict[str, float]:
     """An image classifier's ``patientId,probability`` CSV, each probability in [0, 1]."""
     path = Path(path)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise BadInput(f"cannot read ({error})", path) from None
-    if [c.strip() for c in frame.columns] != ["patientId", "probability"]:
-        raise BadInput(f"header {list(frame.columns)} is not patientId,probability", path)
+    frame = read_table(path)
+    if list(frame.columns) != ["patientId", "probability"]:
+        raise BadInput(f"header {list(frame.columns)} is not patientId,probability", path, 1)
     probabilities = {}
-    for row, (patient_id, text) in enumerate(frame.itertuples(index=False), start=1):
+    for row, (patient_id, text) in zip(frame.index, frame.itertuples(index=False), strict=True):
         patient_id = patient_id.strip()
         if not patient_id or patient_id in probabilities:
             raise BadInput(f"patientId {patient_id!r} is empty or listed twice", path, row)

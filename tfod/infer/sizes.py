@@ -14,44 +14,51 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-import pydicom
-
+from tfod.data import dicom
 from tfod.data.input_files import input_files
+from tfod.detections import read_table
 from tfod.errors import BadInput
+from tfod.infer.inputs import Skipped
 
 SIZES_COLUMNS = ["patientId", "width", "height"]
 
 
 def read_image_sizes(path) -> dict[str, tuple[int, int]]:
     """``patientId -> (width, height)`` from a ``patientId,width,height`` CSV."""
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as error:
-        raise BadInput(f"cannot read ({error})", path) from None
-    if [c.strip() for c in table.columns] != SIZES_COLUMNS:
-        raise BadInput(f"header {list(table.columns)} is not {','.join(SIZES_COLUMNS)}", path)
+    table = read_table(path)
+    if list(table.columns) != SIZES_COLUMNS:
+        raise BadInput(f"header {list(table.columns)} is not {','.join(SIZES_COLUMNS)}", path, 1)
     sizes = {}
-    for row, (patient_id, width, height) in enumerate(table.itertuples(index=False), start=1):
-        if not patient_id.strip() or patient_id in sizes:
-            raise BadInput(f"patientId {patient_id!r} is empty or listed twice", path, row)
+    for line, (patient_id, width, height) in zip(table.index, table.itertuples(index=False),
+                                                 strict=True):
+        patient_id = patient_id.strip()
+        if not patient_id or patient_id in sizes:
+            raise BadInput(f"patientId {patient_id!r} is empty or listed twice", path, line)
         try:
             size = int(width), int(height)
         except ValueError:
             raise BadInput(f"width {width!r} and height {height!r} must be integers",
-                           path, row) from None
+                           path, line) from None
         if min(size) < 1:
-            raise BadInput(f"size {size} must be positive", path, row)
-        sizes[patient_id.strip()] = size
+            raise BadInput(f"size {size} must be positive", path, line)
+        sizes[patient_id] = size
     return sizes
 
 
-def _dicom_size(path: Path) -> tuple[int, int]:
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
-        return int(header.Columns), int(header.Rows)
-    except Exception as error:  # noqa: BLE001  (pydicom raises many types)
-        raise BadInput(f"cannot read the DICOM's Rows/Columns ({error})", path) from None
+def dicom_sizes(paths) -> tuple[dict[str, tuple[int, int]], list[Skipped]]:
+    """``patientId -> (width, height)`` of the DICOMs ``paths``, read as predict reads them
+    (:class:`tfod.infer.inputs.DicomInput`): one that cannot be read is in the skipped list
+    with its reason, as predict skips it, and does not stop the others."""
+    sizes, skipped = {}, []
+    for path in paths:
+        try:
+            dataset = dicom.read_dataset(path, dicom.read_bytes(path))
+            header = dicom.read_header(dataset, path)
+        except dicom.DicomError as error:
+            skipped.append(Skipped(error.path, error.reason, Path(path).stem))
+            continue
+        sizes[Path(path).stem] = (header.columns, header.rows)
+    return sizes, skipped
 
 
 def _first(feature, key: str, fallback: str | None = None):
@@ -71,9 +78,10 @@ def _record_sizes(files: list[str]) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def sizes_of_inputs(text: str) -> dict[str, tuple[int, int]]:
-    """``patientId -> (width, height)`` of the DICOMs or TFRecords ``text`` names."""
+def sizes_of_inputs(text: str) -> tuple[dict[str, tuple[int, int]], list[Skipped]]:
+    """``patientId -> (width, height)`` of the DICOMs or TFRecords ``text`` names, and the
+    inputs skipped as unreadable (see :func:`dicom_sizes`)."""
     kind, found = input_files(text)
     if kind == "tfrecords":
-        return _record_sizes(found)
-    return {path.stem: _dicom_size(path) for path in found}
+        return _record_sizes(found), []
+    return dicom_sizes(found)

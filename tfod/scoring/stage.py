@@ -80,17 +80,22 @@ def read_image_ids(path) -> list[str]:
     Each id once, in file order (a labels CSV lists an image once per box).
     """
     path = require_file(path, "--images")
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if any(field.strip() for field in row)]
-    header = [name.strip().lstrip("\ufeff") for name in rows[0]] if rows else []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)  # its line_num: the line an editor shows, blank lines too
+            lines = [(reader.line_num, row) for row in reader
+                     if any(field.strip() for field in row)]
+    except (UnicodeDecodeError, csv.Error):
+        raise BadInput("not a text file", path) from None
+    header = [name.strip().lstrip("\ufeff") for name in lines[0][1]] if lines else []
     if "patientId" in header:
-        column, first_row, rows = header.index("patientId"), 2, rows[1:]
-    elif all(len(row) == 1 for row in rows):
-        column, first_row = 0, 1
+        column, lines = header.index("patientId"), lines[1:]
+    elif all(len(row) == 1 for _, row in lines):
+        column = 0
     else:
         raise BadInput("neither one patientId per line nor a CSV with a patientId column", path, 1)
     ids = []
-    for number, row in enumerate(rows, start=first_row):
+    for number, row in lines:
         if column >= len(row) or not row[column].strip():
             raise BadInput("empty patientId", path, number)
         ids.append(row[column].strip().lstrip("\ufeff"))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tfod.config.request import ConfigRequest
 from tfod.data import records
+from tfod.errors import INTERRUPTED
 from tfod.runfolder import FINISHED, RunFolder, read_json, read_status, write_json
 from tfod.train import cv
 from tfod.train.launch import LaunchError, launch_run
@@ -55,6 +56,8 @@ def parse_folds(text: str, data_dir) -> list[int]:
                           "training folder?")
     if text.strip() == "all":
         return present
+    if not text.strip():
+        raise LaunchError("--folds is empty: give fold numbers like '0,1,2' or 'all'")
     try:
         folds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -184,7 +187,7 @@ def train_lanes(lane_files: Sequence[Path], echo: Callable[[str], None] = print)
         echo("interrupted: stopping every lane (each fold keeps its latest checkpoint)")
         for process in processes:
             process.terminate()
-        codes = [process.wait() for process in processes] or [130]
+        codes = [process.wait() for process in processes] or [INTERRUPTED]
     for reader in readers:
         reader.join(timeout=10)
     return next((code for code in codes if code != 0), 0)
@@ -247,7 +250,7 @@ def main(argv: Sequence[str]) -> int:
         try:
             return train_folds(request, plan, lane["backend"], lane["flags"], lane["options"])
         except KeyboardInterrupt:
-            return 130
+            return INTERRUPTED
 
 
 if __name__ == "__main__":

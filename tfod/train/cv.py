@@ -26,7 +26,7 @@ import numpy as np
 from tfod import detections as det
 from tfod.detections import ImageBoxes
 from tfod.errors import BadInput
-from tfod.runfolder import RunFolder, read_json, write_json
+from tfod.runfolder import RunFolder, read_best_checkpoint, write_json
 from tfod.scoring import metric
 
 OOF_CSV, CV_JSON, CV_PLOT = "oof.csv", "cv.json", "cv_scores.png"
@@ -45,7 +45,7 @@ def _number(value) -> float | None:
 
 def _fold_predictions(run: RunFolder) -> tuple[dict, det.BoxTable]:
     """The best checkpoint's record and validation detections of one run folder."""
-    best = read_json(run.best_checkpoint)
+    best = read_best_checkpoint(run)
     if not best or not run.val_detections().exists():
         raise OofError(f"{run.root} has no evaluated best checkpoint ({run.best_checkpoint.name} "
                        f"and {run.val_detections().relative_to(run.root)}): train it to the end")

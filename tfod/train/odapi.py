@@ -21,12 +21,12 @@ class TrainError(RuntimeError):
 
 def read_configs(pipeline_config) -> dict:
     """The pipeline config as ``config_util``'s dict of protos."""
-    from object_detection.utils import config_util
+    from tfod.config.pipeline import read_configs as read_pipeline
 
     path = Path(pipeline_config)
     if not path.is_file():
         raise TrainError(f"pipeline config {path} does not exist")
-    return config_util.get_configs_from_pipeline_file(str(path))
+    return read_pipeline(path)
 
 
 def losses_and_predictions(model, features, labels, unpad_groundtruth: bool,

@@ -5,7 +5,8 @@
 ``--pipeline_config``), refuses a changed config on an existing run (which otherwise resumes),
 checks the GPUs, locks the run folder (one launcher per run: a second one is refused with the
 holder's pid), records ``launch.json`` and starts the ``local`` or ``docker`` backend, or with
-``dry_run`` prints the run-folder plan and the exact commands and starts nothing.
+``dry_run`` prints the run-folder plan and the exact commands and starts nothing (and refuses,
+exit 2, what the launch would refuse: a changed config).
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def plan_lines(spec: LaunchSpec, launcher, backend: str, change: str | None) -> 
     run = spec.run
     lines = run.plan()
     if change:
-        lines.append(f"ERROR: {change}")
+        lines.append("pipeline.config: differs from the run's: training cannot resume (below)")
     elif run.pipeline_config.exists():
         lines.append("pipeline.config: identical to the run's: training resumes")
     lines.append(f"steps: {spec.num_steps}, checkpoint every {spec.settings.checkpoint_every}, "
@@ -99,6 +100,9 @@ def launch_run(request: ConfigRequest, run_dir: str | Path | None = None, backen
                           read_only_inputs=config_inputs(candidate), **options)
         launcher = make_launcher(spec, backend, echo)
         if dry_run:
-            echo("\n".join(plan_lines(spec, launcher, backend, config_change(run, candidate))))
+            change = config_change(run, candidate)
+            echo("\n".join(plan_lines(spec, launcher, backend, change)))
+            if change:  # what the launch would refuse, the plan refuses too (exit 2)
+                raise LaunchError(change)
             return 0
         return launcher.launch(candidate, flags).exit_code

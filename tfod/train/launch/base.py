@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tfod.errors import INTERRUPTED
 from tfod.progress import step_line
 from tfod.runfolder import (
     FINISHED,
@@ -224,7 +225,7 @@ class Launcher:
             self.echo("interrupted: stopping every process (the latest checkpoint is kept)")
             self.stop_all()
             write_status(self.run, STOPPED, reason="interrupted")
-            return Outcome(130, messages=["interrupted"])
+            return Outcome(INTERRUPTED, messages=["interrupted"])
         finally:
             self.cleanup()
 

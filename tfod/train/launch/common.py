@@ -274,12 +274,9 @@ def outermost(paths: list[Path]) -> list[Path]:
 
 
 def _read_configs(pipeline_config: Path) -> dict:
-    import tfod.compat  # noqa: F401  (before object_detection)
+    from tfod.config.pipeline import read_configs  # TensorFlow: only when a config is read
 
-    # isort: split
-    from object_detection.utils import config_util
-
-    return config_util.get_configs_from_pipeline_file(str(pipeline_config))
+    return read_configs(pipeline_config)
 
 
 # --------------------------------------------------------------------------- launch.json
