@@ -125,10 +125,11 @@ class ProgressLog(Hook):
         eta = (trainer.target - trainer.step) * trainer.seconds_per_step
         values = ", ".join(f"{name} {value:.4g}" for name, value in trainer.losses.items())
         log.info("Step %d per-step time %.3fs, ETA %s; %s", trainer.step,
-                 trainer.seconds_per_step, _duration(eta), values)
+                 trainer.seconds_per_step, duration(eta), values)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``4m05s``, ``1h02m``: an ETA as the trainer's and the evaluator's log lines show it."""
     minutes, seconds = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
