@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from test_export import trained_run  # noqa: F401
 
 import tfod.compat  # noqa: F401
@@ -28,6 +29,7 @@ def score_with_batch(run, batch_size: int, folder, caplog):
     line after every batch; the metrics, the scorer and its log lines."""
     configs = config_util.get_configs_from_pipeline_file(str(run.pipeline_config))
     configs["eval_config"].batch_size = batch_size
+    configs["eval_config"].num_visualizations = 4  # batches of 3: part of the second is drawn
     config = pipeline.write_config(configs, folder / f"batch{batch_size}.config")
     scorer = CheckpointScorer(config, RunFolder(folder / f"run{batch_size}").create(),
                               progress_seconds=0)
@@ -35,6 +37,14 @@ def score_with_batch(run, batch_size: int, folder, caplog):
     with caplog.at_level(logging.INFO, logger="tfod.train"):
         metrics = scorer.score(latest_checkpoint(run.root))
     return metrics, scorer, [r.getMessage() for r in caplog.records if r.name == "tfod.train"]
+
+
+def images_drawn(folder) -> int:
+    """The side-by-side images in a folder of TensorBoard events."""
+    return sum(value.metadata.plugin_data.plugin_name == "images"
+               for path in folder.glob("events.out.tfevents.*")
+               for event in tf.compat.v1.train.summary_iterator(str(path))
+               for value in event.summary.value)
 
 
 @pytest.mark.slow
@@ -52,6 +62,7 @@ def test_a_batched_pass_scores_every_image_once_and_logs_its_progress(
     assert DONE.match(lines[-1]) and DONE.match(lines[-1]).group(2) == str(images), lines
     assert batched["rsna/images"] == single["rsna/images"] == images
     assert len(scorer.accumulator.truth) == images
+    assert images_drawn(scorer.run.eval_events) == 4
     # Every image once in both evaluators: the same metrics as one image at a time.
     for name, value in single.items():
         if not name.startswith("Loss/"):  # a batch's loss is normalized over the batch

@@ -16,7 +16,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
 SCRIPTS = {"evaluate": "tfod-evaluate", "make_config": "tfod-config", "train": "tfod-train",
            "demo": "tfod-demo", "doctor": "tfod-doctor"}
 TOOL_FLAGS = {
-    "evaluate": ["detections", "labels_csv", "images", "box_scale", "dicom_dir", "debug"],
+    "evaluate": ["detections", "labels_csv", "images", "box_scale", "dicom_dir", "gallery_limit",
+                 "debug", "verbose"],
     "make_config": ["model", "data_dir", "fold", "override", "output", "list_models", "debug"],
     "train": ["model", "data_dir", "pipeline_config", "gpus", "backend", "dry_run", "debug"],
     "demo": ["output_dir", "num_steps", "image_size", "debug"],

@@ -149,9 +149,19 @@ def _verbose_in(argv: Sequence[str]) -> bool:
 
 
 def _shown(record: logging.LogRecord) -> bool:
-    """On the console without ``--verbose``: tfod's own lines and every error."""
+    """On the console without ``--verbose``: every error, and tfod's own lines at the level its
+    loggers ask for (WARNING unless one of them is set lower)."""
     verbose = _VERBOSE.value if FLAGS.is_parsed() else _verbose_in(sys.argv)
-    return verbose or record.levelno >= logging.ERROR or record.name.split(".")[0] == "tfod"
+    if verbose or record.levelno >= logging.ERROR:
+        return True
+    if record.name.split(".")[0] != "tfod":
+        return False
+    logger = logging.getLogger(record.name)
+    while logger.name.split(".")[0] == "tfod":
+        if logger.level:
+            return record.levelno >= logger.level
+        logger = logger.parent
+    return record.levelno >= logging.WARNING
 
 
 def _filter_consoles() -> None:

@@ -355,16 +355,20 @@ class CheckpointScorer:
             self.eval_input_config.label_map_path)
 
     def _draw(self, index: int, eval_dict, class_agnostic: bool) -> None:
-        """Side-by-side images (detections | ground truth) of the batch starting at image
-        ``index``, while fewer than ``eval_config.num_visualizations`` images were drawn, as
-        the OD API's evaluator draws them."""
+        """Side-by-side images (detections | ground truth) of the first
+        ``eval_config.num_visualizations`` images of a pass, as the OD API's evaluator draws
+        them; ``eval_dict`` is the batch starting at image ``index``."""
         import tensorflow as tf
         from object_detection.core import standard_fields as fields
         from object_detection.utils import visualization_utils as vis
 
-        if index >= self.eval_config.num_visualizations or \
-                fields.InputDataFields.original_image not in eval_dict:
+        wanted = self.eval_config.num_visualizations - index
+        if wanted <= 0 or fields.InputDataFields.original_image not in eval_dict:
             return
+        batch = len(eval_dict[fields.InputDataFields.key])
+        if wanted < batch:  # draw no more images than asked (each costs a PNG of the original)
+            eval_dict = {name: value[:wanted] if value.shape.rank and value.shape[0] == batch
+                         else value for name, value in eval_dict.items()}
         images = vis.draw_side_by_side_evaluation_image(
             eval_dict, category_index=self._categories(class_agnostic),
             max_boxes_to_draw=self.eval_config.max_num_boxes_to_visualize,
