@@ -5,10 +5,13 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom import uid
 from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import ExplicitVRLittleEndian
 
 from tfod.data import dicom
+from tfod.data.dicom import load_image_8bit
 
 
 def write_truncated(source: Path, target: Path, keep: float = 0.5) -> Path:
@@ -97,3 +100,25 @@ def write_retagged(source: Path, target: Path, **tags) -> Path:
         setattr(dataset, name, value)
     dataset.save_as(target)
     return target
+
+
+def write_dicom(template, pixels: np.ndarray, path):
+    """A DICOM at ``path``: ``template``'s header with uncompressed 8-bit ``pixels`` (HxW)."""
+    dataset = pydicom.dcmread(template)
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+    dataset.PixelRepresentation, dataset.SamplesPerPixel = 0, 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.PixelData = np.ascontiguousarray(pixels, np.uint8).tobytes()
+    dataset["PixelData"].VR = "OB"
+    dataset["PixelData"].is_undefined_length = False
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def resized_dicom(template, width: int, height: int, path):
+    """A real radiograph resized to ``width`` x ``height``, with a bright off-centre patch."""
+    pixels = np.array(Image.fromarray(load_image_8bit(template)).resize((width, height)))
+    pixels[height // 8: height // 3, width // 10: width // 3] = 255
+    return write_dicom(template, pixels, path)

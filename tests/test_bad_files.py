@@ -11,8 +11,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import LABELS_CSV, SAMPLE_DICOMS
-from test_export import one_line_error, run_tool, trained_run  # noqa: F401
+from conftest import LABELS_CSV, SAMPLE_DICOMS, one_line_error, run_tool
 
 from tfod import detections as det
 from tfod.config import pipeline as configs
@@ -153,7 +152,7 @@ def zero_data(prefix):
 @pytest.mark.slow
 @pytest.mark.parametrize("damage, damaged_file", [
     (truncate_index, ".index"), (zero_data, ".data-00000-of-00001")])
-def test_a_damaged_checkpoint_is_named_as_the_runs_own_file(trained_run, tmp_path,  # noqa: F811
+def test_a_damaged_checkpoint_is_named_as_the_runs_own_file(trained_run, tmp_path,
                                                             damage, damaged_file):
     run = damaged_copy(trained_run, tmp_path / "run", damage)
     name = read_best_checkpoint(run)["checkpoint"]

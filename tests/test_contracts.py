@@ -7,9 +7,9 @@ several classes, and checks that hold with the optional ones switched off.
 import numpy as np
 import pytest
 from conftest import LABELS_CSV
+from dicom_files import resized_dicom, write_frame
 from noisy_models import noisy_model
 from pydicom.encaps import generate_frames
-from test_dicom import write_frame
 
 from tfod import boxes as box_ops
 from tfod import detections as det
@@ -185,7 +185,6 @@ def test_a_mapped_csv_row_with_only_some_box_fields_is_an_error_naming_its_line(
 
 
 def test_image_sizes_of_dicoms_are_width_then_height(sample_dicoms, tmp_path):
-    from test_predict import resized_dicom
 
     folder = tmp_path / "dicoms"
     folder.mkdir()
@@ -225,7 +224,6 @@ class FixedScores:
 
 def test_predict_keeps_a_score_exactly_at_min_score_and_the_submission_at_its_threshold(
         sample_dicoms, tmp_path):
-    from test_predict import resized_dicom
 
     from tfod.infer import predict as infer
 

@@ -117,6 +117,25 @@ def test_each_method_is_its_own_library_call(method):
                                atol=1e-3)
 
 
+def test_fusion_with_the_progress_bar_on_equals_the_library_image_by_image(validation):
+    # 1,500 images take seconds: the bar redraws at the end (tqdm's update() then returns True,
+    # which once replaced the results and crashed every real-sized fusion).
+    models = [noisy_model(validation, seed) for seed in (1, 2)]
+    fused = ensemble.fuse(models, None, progress=True)
+    assert fused.ids == validation.ids
+    for i in validation.ids:
+        if not any(len(model[i]) for model in models):
+            assert len(fused[i]) == 0
+            continue
+        boxes, scores, _ = ensemble_boxes.weighted_boxes_fusion(
+            [box_ops.xywh_to_xyxy(model[i].boxes, 1024, 1024) for model in models],
+            [model[i].scores for model in models], [np.zeros(len(model[i])) for model in models],
+            iou_thr=0.55)
+        np.testing.assert_allclose(fused[i].scores, scores, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(fused[i].boxes, box_ops.xyxy_to_xywh(boxes, 1024, 1024),
+                                   rtol=1e-12, atol=1e-9)
+
+
 def test_boxes_come_back_in_each_images_own_pixel_frame():
     # Near the right edge of a 600 x 400 image: dividing x by 400 would push it past 1 (clipped).
     first = table({WIDE: [(450, 300, 140, 90, 0.8)], "a": [(900, 100, 100, 100, 0.8)]})

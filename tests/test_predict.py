@@ -9,8 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import SAMPLE_DICOMS, one_line_error, run_tool
-from PIL import Image
-from pydicom.uid import ExplicitVRLittleEndian
+from dicom_files import resized_dicom, write_dicom
 
 from tfod import boxes as box_ops
 from tfod import detections as det
@@ -20,28 +19,6 @@ from tfod.infer import predict as infer
 from tfod.infer.model import ExportedModel
 
 RSNA_SIZE = 1024
-
-
-def write_dicom(template, pixels: np.ndarray, path):
-    """A DICOM at ``path``: ``template``'s header with uncompressed 8-bit ``pixels`` (HxW)."""
-    dataset = pydicom.dcmread(template)
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
-    dataset.PixelRepresentation, dataset.SamplesPerPixel = 0, 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.PixelData = np.ascontiguousarray(pixels, np.uint8).tobytes()
-    dataset["PixelData"].VR = "OB"
-    dataset["PixelData"].is_undefined_length = False
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
-def resized_dicom(template, width: int, height: int, path):
-    """A real radiograph resized to ``width`` x ``height``, with a bright off-centre patch."""
-    pixels = np.array(Image.fromarray(load_image_8bit(template)).resize((width, height)))
-    pixels[height // 8: height // 3, width // 10: width // 3] = 255
-    return write_dicom(template, pixels, path)
 
 
 @pytest.fixture(scope="module")

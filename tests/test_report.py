@@ -102,6 +102,40 @@ def test_evaluate_writes_metrics_plots_and_gallery(tmp_path, sample):
     assert page.figures[0]["data-score"] == "0.000"  # the false positive on a negative image
 
 
+def test_gallery_shows_the_worst_images_up_to_the_limit_and_counts_the_rest(tmp_path, sample):
+    labels, predictions = sample
+    # 48 images (each real DICOM under 3 names), drawn 10: the page holds a fixed number.
+    dicom_dir, items, rng = tmp_path / "dicoms", [], np.random.default_rng(0)
+    dicom_dir.mkdir()
+    for copy in range(3):
+        for path in SAMPLE_DICOMS.glob("*.dcm"):
+            name = f"{path.stem}-{copy}"
+            (dicom_dir / f"{name}.dcm").symlink_to(path)
+            score = float("nan") if copy == 2 and rng.random() < 0.5 else rng.random()
+            items.append(report.GalleryItem(name, score, np.zeros((0, 4)), np.zeros((0, 4)),
+                                            np.zeros(0), 0, 0, 0))
+    summary = report.write_gallery(items, dicom_dir, tmp_path / "gallery", limit=10)
+    page = _Page()
+    html = (tmp_path / "gallery" / "index.html").read_text()
+    page.feed(html)
+    assert summary["images"] == len(page.figures) == len(page.images) == 10
+    assert summary["left_out"] == 38 and len(list((tmp_path / "gallery").glob("*.jpg"))) == 10
+    assert "38 images are left out: the page shows the 10 worst of 48" in html
+    worst = sorted(item.score for item in items if not np.isnan(item.score))[:10]
+    assert [float(f["data-score"]) for f in page.figures] == pytest.approx(worst, abs=5e-4)
+
+
+def test_evaluate_draws_the_default_number_of_worst_images(tmp_path, sample, monkeypatch):
+    labels, predictions = sample
+    monkeypatch.setattr(stage, "GALLERY_LIMIT", 4)  # the default, read when called
+    metrics = stage.score_detections(labels, predictions, tmp_path / "out",
+                                     dicom_dir=SAMPLE_DICOMS)
+    assert metrics["gallery"]["images"] == 4 and metrics["gallery"]["left_out"] == 12
+    everything = stage.score_detections(labels, predictions, tmp_path / "all",
+                                        dicom_dir=SAMPLE_DICOMS, gallery_limit=0)
+    assert everything["gallery"]["images"] == 16 and everything["gallery"]["left_out"] == 0
+
+
 def test_given_threshold_and_scale_are_used(tmp_path, sample):
     labels, predictions = sample
     metrics = stage.score_detections(labels, predictions, tmp_path, threshold=0.1, box_scale=1.0)

@@ -19,7 +19,8 @@ SCRIPTS = {"evaluate": "tfod-evaluate", "make_config": "tfod-config", "train": "
            "classify": "tfod-classify", "ensemble": "tfod-ensemble", "export": "tfod-export",
            "predict": "tfod-predict"}
 TOOL_FLAGS = {
-    "evaluate": ["detections", "labels_csv", "images", "box_scale", "dicom_dir", "debug"],
+    "evaluate": ["detections", "labels_csv", "images", "box_scale", "dicom_dir", "gallery_limit",
+                 "debug", "verbose"],
     "make_config": ["model", "data_dir", "fold", "override", "output", "list_models", "debug"],
     "train": ["model", "data_dir", "pipeline_config", "gpus", "backend", "dry_run", "debug",
               "checkpoint_every", "trainer_timeout", "patience", "num_workers"],

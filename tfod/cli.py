@@ -13,6 +13,12 @@ Every number flag has its range where it is defined (absl's ``lower_bound``/``up
 :func:`require_positive`), and :func:`parse_flags` refuses ``nan`` and infinities of every
 float flag, so a bad number stops a tool at parse time, naming the flag.
 
+Quiet by default: a tool prints tfod's own lines (and every ERROR); TensorFlow's, absl's and
+the OD API's INFO and WARNING lines, Python warnings included, go to the tool's log file
+(:func:`log_file`), and show on the console too with ``--verbose``. TensorFlow's C++ logging
+is set before TensorFlow starts (``TF_CPP_MIN_LOG_LEVEL`` at least 2 unless ``--verbose``), so
+this module must be imported before TensorFlow: each ``tools/`` script imports it first.
+
 Flag groups used by several tools are defined here once, as functions a tool calls at import
 (absl flags are global, so each group is defined only in the processes that ask for it):
 :func:`define_config_flags` (tfod-config, tfod-train).
@@ -20,7 +26,10 @@ Flag groups used by several tools are defined here once, as functions a tool cal
 from __future__ import annotations
 
 import importlib.metadata
+import logging
+import logging.handlers
 import math
+import os
 import sys
 import tempfile
 import traceback
@@ -29,11 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from tfod.errors import BAD_INPUT, FAILED, INTERRUPTED, BadInput, RunFailed
+from tfod.runfolder import RunFolder
 
 FLAGS = flags.FLAGS
 _DEBUG = flags.DEFINE_bool("debug", False, "On an error, show the Python traceback.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Also show TensorFlow's, absl's and the OD API's "
+                             "INFO and WARNING lines (they always go to the tool's log file).")
 
 
 def tool_name() -> str:
@@ -134,9 +147,138 @@ def runner(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
 
     def run() -> None:
         show_tool_flags_in_help(main.__module__)
-        app.run(guarded(main), flags_parser=parse_flags)
+        _filter_consoles()  # the handlers TensorFlow added when the tool imported it
+        app.run(guarded(logged(main)), flags_parser=parse_flags)
 
     return run
+
+
+# --------------------------------------------------------------------------- quiet by default
+
+
+def _is_tool() -> bool:
+    """Whether this process runs a tool (``tfod-<name>`` or ``python -m tools.<name>``)."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return script.name.startswith("tfod-") or (
+        script.suffix == ".py" and script.parent.name == "tools")
+
+
+def _verbose_in(argv: Sequence[str]) -> bool:
+    """``--verbose`` as absl will read it from ``argv``, for what must be set before parsing."""
+    verbose = False
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        name, _, value = arg.lstrip("-").partition("=")
+        if name == "verbose":
+            verbose = value.lower() in ("", "true", "t", "1")
+        elif name == "noverbose" and not value:
+            verbose = False
+    return verbose
+
+
+def _shown(record: logging.LogRecord) -> bool:
+    """On the console without ``--verbose``: every error, and tfod's own lines at the level its
+    loggers ask for (WARNING unless one of them is set lower)."""
+    verbose = _VERBOSE.value if FLAGS.is_parsed() else _verbose_in(sys.argv)
+    if verbose or record.levelno >= logging.ERROR:
+        return True
+    if record.name.split(".")[0] != "tfod":
+        return False
+    logger = logging.getLogger(record.name)
+    while logger.name.split(".")[0] == "tfod":
+        if logger.level:
+            return record.levelno >= logger.level
+        logger = logger.parent
+    return record.levelno >= logging.WARNING
+
+
+def _filter_consoles() -> None:
+    """Let the console handlers of the root and TensorFlow loggers show only :func:`_shown`."""
+    for logger in (logging.getLogger(), logging.getLogger("tensorflow")):
+        for handler in logger.handlers:
+            if handler is not _EARLY and _shown not in handler.filters and (
+                    not isinstance(handler, logging.FileHandler)):
+                handler.addFilter(_shown)
+
+
+class _LogFile(logging.FileHandler):
+    """A log file whose folder is made at the first line; one that cannot be written is
+    dropped with a note on the console, once."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def handleError(self, record) -> None:
+        logging.getLogger().removeHandler(self)
+        print(f"{tool_name()}: cannot write the log file {self.baseFilename}", file=sys.stderr)
+
+
+def log_file() -> Path:
+    """A tool's log file: ``<run_dir>/logs/<tool>.log`` for a tool given an existing
+    ``--run_dir``, else ``<output>.log`` beside its ``--output`` file or ``--output_dir``
+    folder when that folder's parent exists, else ``<tmp>/<tool>.log``: a log never creates a
+    folder the tool was not yet sure to make, and a ``--dry_run`` writes nothing beside its
+    outputs. Appended to by each run."""
+    name = Path(tool_name()).stem
+    given = {key: FLAGS[key].value for key in ("run_dir", "output", "output_dir") if key in FLAGS}
+    if "dry_run" in FLAGS and FLAGS["dry_run"].value:
+        given = {}
+    if given.get("run_dir") and Path(given["run_dir"]).expanduser().is_dir():
+        return RunFolder(given["run_dir"]).logs / f"{name}.log"
+    for key in ("output", "output_dir"):
+        if given.get(key) and Path(given[key]).expanduser().absolute().parent.is_dir():
+            path = Path(given[key]).expanduser()
+            return path.with_name(path.name + ".log")
+    return Path(tempfile.gettempdir()) / f"{name}.log"
+
+
+def logged(main: Callable[[list[str]], int | None]) -> Callable[[list[str]], int | None]:
+    """``main`` with the library's log records (INFO and up) written to :func:`log_file`,
+    those from before the flags were parsed included."""
+
+    def with_log(argv):
+        root = logging.getLogger()
+        root.setLevel(logging.INFO)  # absl set it from --verbosity when it parsed the flags
+        handler = _LogFile(log_file())
+        root.addHandler(handler)
+        _filter_consoles()
+        if _EARLY is not None:
+            _EARLY.setTarget(handler)
+            _EARLY.close()  # flushes the early records into the file
+            root.removeHandler(_EARLY)
+        try:
+            return main(argv)
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+
+    return with_log
+
+
+def _quiet_start() -> logging.Handler | None:
+    """Before TensorFlow is imported: its C++ INFO and WARNING lines off (unless
+    ``--verbose``), Python warnings into logging, and log records kept for the log file until
+    the flags name it. Only in a tool's process: importing this module elsewhere changes
+    nothing."""
+    if not _is_tool():
+        return None
+    if not _verbose_in(sys.argv):
+        level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(max(int(level) if level.isdigit() else 0, 2))
+        logging.captureWarnings(True)
+    early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    logging.getLogger().addHandler(early)
+    absl_logging.get_absl_handler().addFilter(_shown)
+    return early
+
+
+_EARLY = _quiet_start()
 
 
 def require(*holders: flags.FlagHolder) -> None:

@@ -39,8 +39,9 @@ _BOX_SCALE = flags.DEFINE_float("box_scale", None, "Scale predicted boxes about 
 cli.require_positive(_BOX_SCALE)
 _DICOM_DIR = flags.DEFINE_string("dicom_dir", None, "Folder of <patientId>.dcm; draws the "
                                  "validation gallery.")
-_GALLERY_LIMIT = flags.DEFINE_integer("gallery_limit", None, "Draw only this many images, the "
-                                      "worst first (default: all).", lower_bound=1)
+_GALLERY_LIMIT = flags.DEFINE_integer(
+    "gallery_limit", stage.GALLERY_LIMIT, "Draw only this many images, the worst first; the page "
+    "counts the images left out (0: draw all).", lower_bound=0)
 
 
 def main(argv):

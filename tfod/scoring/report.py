@@ -150,6 +150,7 @@ figcaption {{ font-size: 13px; }}
 <h1>Validation gallery</h1>
 <p>{summary} Ground truth in black, predictions in green with their score.
 Sorted by image score, worst first.</p>
+<p class="left-out">{left_out}</p>
 <p class="filters">Show:
 <button class="on" data-filter="all">all ({n_all})</button>
 <button data-filter="fp">false positives ({n_fp})</button>
@@ -204,9 +205,10 @@ def _draw_one(item: GalleryItem, dicom_dir, output_dir: Path, size: int) -> str 
 
 def write_gallery(items: Sequence[GalleryItem], dicom_dir, output_dir,
                   limit: int | None = None, size: int = GALLERY_SIZE) -> dict:
-    """Draw ``items`` (the ``limit`` worst, all by default) from ``dicom_dir/<id>.dcm``.
+    """Draw ``items`` (the ``limit`` worst; None: all) from ``dicom_dir/<id>.dcm``.
 
-    Writes ``<id>.jpg`` per image and ``index.html`` into ``output_dir``. An image whose DICOM
+    Writes ``<id>.jpg`` per image and ``index.html`` into ``output_dir``; the page says how
+    many images the limit left out (``left_out`` in the summary). An image whose DICOM
     is missing or unreadable (truncated, foreign) is not drawn and the others still are: the
     returned summary counts the missing DICOMs and maps each image not drawn to its reason
     (``not_drawn``, also written to ``not_drawn.json``).
@@ -214,6 +216,7 @@ def write_gallery(items: Sequence[GalleryItem], dicom_dir, output_dir,
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     chosen = _sorted_worst_first(items)[:limit]
+    left_out = len(items) - len(chosen)
     drawn, not_drawn = [], {}
     for item in tqdm(chosen, desc="gallery", unit="image", disable=len(chosen) < 50):
         reason = _draw_one(item, dicom_dir, output_dir, size)
@@ -227,13 +230,16 @@ def write_gallery(items: Sequence[GalleryItem], dicom_dir, output_dir,
         summary += f" {len(not_drawn)} not drawn (see not_drawn.json): " + html.escape(
             "; ".join(f"{key}: {reason}" for key, reason in list(not_drawn.items())[:5]))
     index = output_dir / "index.html"
+    left_out_line = (f"{left_out} images are left out: the page shows the "
+                     f"{len(chosen)} worst of {len(items)} (--gallery_limit)." if left_out else "")
     index.write_text(_PAGE.format(
-        size=size // 2, summary=summary, n_all=len(drawn), figures=figures,
+        size=size // 2, summary=summary, left_out=left_out_line, n_all=len(drawn),
+        figures=figures,
         n_fp=sum(item.fp > 0 for item in drawn), n_fn=sum(item.fn > 0 for item in drawn),
     ))
     missing = sum(reason.startswith("no DICOM file") for reason in not_drawn.values())
     if not_drawn:
         with atomic_write(output_dir / "not_drawn.json") as stream:
             stream.write(json.dumps(not_drawn, indent=1))
-    return {"index": str(index), "images": len(drawn), "missing_dicoms": missing,
-            "not_drawn": not_drawn}
+    return {"index": str(index), "images": len(drawn), "left_out": left_out,
+            "missing_dicoms": missing, "not_drawn": not_drawn}

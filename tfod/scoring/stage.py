@@ -45,6 +45,7 @@ from tfod.scoring.metric import (
 )
 
 COUNT_IOU = 0.5  # the IoU threshold of the reported tp / fp / fn
+GALLERY_LIMIT = 200  # images in the gallery by default, the worst first (0: all)
 OUTPUTS = ("metrics.json", "threshold_curve.png", "box_scale_curve.png", "box_errors.png",
            "gallery")
 
@@ -286,9 +287,10 @@ def score_detections(ground_truth: Mapping[str, ImageBoxes],
     given). ``fitted`` holds the best box scale of :data:`tfod.scoring.metric.BOX_SCALES` and
     its score. Writes ``metrics.json`` first, then ``threshold_curve.png``,
     ``box_scale_curve.png``, ``box_errors.png`` and, with ``dicom_dir``, ``gallery/`` (the
-    ``gallery_limit`` worst images); images that could not be drawn are listed in
-    ``not_drawn``. ``extra`` entries are added to the metrics. Returns the metrics (NaN, for a
-    set with nothing to score, becomes ``None``).
+    ``gallery_limit`` worst images, default :data:`GALLERY_LIMIT`, 0 for all; the page counts
+    those left out); images that could not be drawn are listed in ``not_drawn``. ``extra``
+    entries are added to the metrics. Returns the metrics (NaN, for a set with nothing to
+    score, becomes ``None``).
     """
     check_options(threshold, box_scale, dicom_dir)
     output_dir = clear_outputs(output_dir)
@@ -298,8 +300,9 @@ def score_detections(ground_truth: Mapping[str, ImageBoxes],
     _write_metrics(metrics, output_dir)
     _draw_plots(scored, output_dir)
     if dicom_dir is not None:
+        limit = GALLERY_LIMIT if gallery_limit is None else gallery_limit
         metrics["gallery"] = _draw_gallery(ground_truth, detections, scored, dicom_dir,
-                                           output_dir / "gallery", gallery_limit)
+                                           output_dir / "gallery", limit)
         metrics["not_drawn"] = metrics["gallery"].pop("not_drawn")
         if metrics["not_drawn"]:
             metrics["notes"] = [*metrics.get("notes", []), (
@@ -336,7 +339,8 @@ def _without_nan(value):
 
 
 def _draw_gallery(ground_truth: BoxTable, detections: BoxTable, scored: Scored, dicom_dir,
-                  gallery_dir: Path, limit: int | None) -> dict:
+                  gallery_dir: Path, limit: int) -> dict:
+    """The gallery of the ``limit`` worst images (0: all)."""
     from tfod.scoring.report import GalleryItem, write_gallery
 
     threshold, scale = scored.metrics["threshold"], scored.metrics["box_scale"]
@@ -353,7 +357,7 @@ def _draw_gallery(ground_truth: BoxTable, detections: BoxTable, scored: Scored, 
             pred_scores=predicted.scores[keep],
             tp=int(tp[i]), fp=int(fp[i]), fn=int(fn[i]),
         ))
-    return write_gallery(items, dicom_dir, gallery_dir, limit)
+    return write_gallery(items, dicom_dir, gallery_dir, limit or None)
 
 
 def _fold_ids(folds_csv, fold: int) -> list[str]:

@@ -13,9 +13,15 @@ trainer reports a terminal state, or when the trainer's heartbeat stops.
 Boxes of the competition metric and of ``predictions/val-step{N}.csv`` are in pixels of each
 image's own original (the DICOM's), read per image from the records' ``image/original_height``
 and ``image/original_width`` (``image/height``/``image/width`` where those are absent).
+
+A pass runs in batches of ``eval_config.batch_size`` (ground truth padded to the reader's
+``max_number_of_boxes``; the last batch may be smaller) and logs the images done, images/s and
+the ETA every :data:`PROGRESS_SECONDS` and at its end, as the trainer logs its steps. The
+evaluator lets TensorFlow grow its GPU memory as needed, so that it can share the trainer's GPU.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import shutil
@@ -29,6 +35,7 @@ from tfod import boxes as box_ops
 from tfod import detections as det
 from tfod.data.records import ORIGINAL_HEIGHT_KEY, ORIGINAL_WIDTH_KEY
 from tfod.detections import ImageBoxes
+from tfod.progress import format_duration
 from tfod.runfolder import (
     TERMINAL_STATES,
     Checkpoint,
@@ -44,6 +51,8 @@ from tfod.train.odapi import TrainError, build_variables, losses_and_predictions
 from tfod.train.settings import TrainSettings
 
 log = logging.getLogger("tfod.train")
+PROGRESS_SECONDS = 15.0  # a progress line of a pass this often
+MAX_BOXES = 100  # ground-truth padding when the eval reader sets no max_number_of_boxes
 
 # An eval image: its patientId and the (width, height) of its original, by the OD API's hash key.
 EvalImages = Mapping[int, tuple[str, tuple[int, int]]]
@@ -147,6 +156,29 @@ def eval_images(eval_input_config) -> dict[int, tuple[str, tuple[int, int]]]:
     return images
 
 
+class PassProgress:
+    """Logs an evaluation pass's images done, images/s and ETA every ``seconds``, and its
+    total at the end (``tfod.train`` log lines, which the launcher echoes)."""
+
+    def __init__(self, what: str, total: int, seconds: float = PROGRESS_SECONDS):
+        self.what, self.total, self.seconds = what, total, seconds
+        self.done = 0
+        self.started = self.logged = time.monotonic()
+
+    def update(self, images: int) -> None:
+        self.done += images
+        if time.monotonic() - self.logged >= self.seconds:
+            self.logged = time.monotonic()
+            rate = self.done / max(self.logged - self.started, 1e-9)
+            log.info("%s: %d/%d images, %.1f images/s, ETA %s", self.what, self.done,
+                     self.total, rate, format_duration(max(self.total - self.done, 0) / rate))
+
+    def finish(self) -> None:
+        seconds = time.monotonic() - self.started
+        log.info("%s: %d images in %s, %.1f images/s", self.what, self.done,
+                 format_duration(seconds), self.done / max(seconds, 1e-9))
+
+
 class CheckpointScorer:
     """Scores checkpoints of one run: the model, eval dataset, evaluators and summary writer
     are built once; :meth:`score` restores a checkpoint and runs one pass over the eval fold.
@@ -155,9 +187,9 @@ class CheckpointScorer:
     the optimizer shadows its variables, and each restored checkpoint's averages are swapped in.
     """
 
-    def __init__(self, pipeline_config, run: RunFolder):
+    def __init__(self, pipeline_config, run: RunFolder,
+                 progress_seconds: float = PROGRESS_SECONDS):
         import tensorflow as tf
-        from object_detection import inputs
         from object_detection.builders import model_builder
         from object_detection.utils import config_util
 
@@ -166,16 +198,44 @@ class CheckpointScorer:
         self.eval_config = self.configs["eval_config"]
         self.eval_input_config = self.configs["eval_input_configs"][0]
         self.run = run
+        self.progress_seconds = progress_seconds
         self.accumulator = CompetitionMetricAccumulator(eval_images(self.eval_input_config))
         self.model = model_builder.build(self.configs["model"], is_training=False)
-        self.dataset = inputs.eval_input(
-            eval_config=self.eval_config, eval_input_config=self.eval_input_config,
-            model_config=self.configs["model"], model=self.model)
+        self.batch_size = self._batch_size()
+        self.dataset = self._dataset()
         self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64)
         self.checkpoint = tf.train.Checkpoint(step=self.global_step, model=self.model,
                                               **self._moving_averages())
         self.writer = tf.summary.create_file_writer(str(run.eval_events))
+        self.class_agnostic = False  # set when the pass function is traced
         self._detect = tf.function(self._detect_batch)
+
+    def _batch_size(self) -> int:
+        """``eval_config.batch_size``; 1 when the model's input size is not fixed (images of
+        different sizes cannot share a batch)."""
+        from object_detection.utils import config_util
+
+        height, width = config_util.get_spatial_image_size(
+            config_util.get_image_resizer_config(self.configs["model"]))
+        if min(height, width) < 0 and self.eval_config.batch_size > 1:
+            log.info("the image resizer keeps no fixed size: evaluating one image at a time")
+            return 1
+        return max(1, self.eval_config.batch_size)
+
+    def _dataset(self):
+        """The eval fold as ``(features, labels)`` batches of :attr:`batch_size`: every
+        record once (the last batch may be smaller), ground truth padded to the reader's
+        ``max_number_of_boxes`` (:data:`MAX_BOXES` when unset) so that images batch, hash keys
+        as :func:`eval_images` computes them. The one place the evaluator builds its input."""
+        from object_detection import inputs
+
+        reader = copy.deepcopy(self.eval_input_config)
+        reader.drop_remainder = False
+        reader.max_number_of_boxes = reader.max_number_of_boxes or MAX_BOXES
+        eval_config = copy.deepcopy(self.eval_config)
+        eval_config.batch_size = self.batch_size
+        return inputs.eval_input(eval_config=eval_config, eval_input_config=reader,
+                                 model_config=self.configs["model"], model=self.model)
 
     def _moving_averages(self) -> dict:
         """The optimizer to restore with the model when ``use_moving_averages`` is set."""
@@ -197,15 +257,19 @@ class CheckpointScorer:
         self.optimizer.shadow_copy(self.model)
         return {"optimizer": self.optimizer}
 
-    def _unpad_groundtruth(self, labels) -> bool:
-        """Padded ground truth can be cut to its boxes only one image at a time."""
+    @staticmethod
+    def _unpad_groundtruth(labels) -> bool:
+        """Padded ground truth is cut to each image's boxes for the loss (the batch size is
+        static: each batch size traces its own function)."""
         from object_detection.core import standard_fields as fields
 
         boxes = labels[fields.InputDataFields.groundtruth_boxes].get_shape().as_list()
-        return boxes[1] is not None and self.eval_config.batch_size == 1
+        return boxes[1] is not None
 
     def _detect_batch(self, features, labels):
-        """Losses and post-processed detections of one eval batch."""
+        """Losses and the OD API's eval dict (``model_lib_v2.prepare_eval_dict``) of one
+        batch, in one graph."""
+        from object_detection import inputs, model_lib_v2
         from object_detection.core import standard_fields as fields
 
         losses, predictions = losses_and_predictions(
@@ -213,14 +277,20 @@ class CheckpointScorer:
             self.configs["train_config"].add_regularization_loss)
         detections = self.model.postprocess(
             predictions, features[fields.InputDataFields.true_image_shape])
-        return losses, detections
+        wanted = (fields.InputDataFields.image, fields.InputDataFields.original_image,
+                  fields.InputDataFields.original_image_spatial_shape,
+                  fields.InputDataFields.true_image_shape, inputs.HASH_KEY)
+        eval_features = {name: features[name] for name in wanted if name in features}
+        eval_dict, self.class_agnostic = model_lib_v2.prepare_eval_dict(
+            detections, dict(labels), eval_features)
+        return losses, eval_dict
 
     def score(self, checkpoint: Checkpoint) -> dict[str, float]:
         """Restore ``checkpoint``, run one pass over the eval fold, write and return metrics."""
         self.checkpoint.restore(str(checkpoint.path)).expect_partial()
         if self.eval_config.use_moving_averages:
             self.optimizer.swap_weights()
-        metrics = self.evaluate_model()
+        metrics = self.evaluate_model(f"evaluating {checkpoint.name}")
         with self.writer.as_default(step=int(self.global_step.numpy())):
             write_scalars(metrics)
         self.writer.flush()
@@ -228,46 +298,40 @@ class CheckpointScorer:
                              self.run.val_detections(checkpoint.step))
         return metrics
 
-    def evaluate_model(self) -> dict[str, float]:
+    def evaluate_model(self, what: str = "evaluating") -> dict[str, float]:
         """One pass over the eval fold with the weights the model holds now: COCO metrics,
-        the competition metric and the mean eval losses."""
-        evaluators, losses = None, {}
+        the competition metric and the mean eval losses (each batch's mean, weighted by its
+        images)."""
+        from object_detection import inputs
+
+        evaluators, losses, weights = None, {}, []
         self.accumulator.clear()
-        for index, (features, labels) in enumerate(self.dataset):
-            batch_losses, eval_dict, class_agnostic = self._eval_dict(features, labels)
+        progress = PassProgress(what, len(self.accumulator.images), self.progress_seconds)
+        for features, labels in self.dataset:
+            batch_losses, eval_dict = self._detect(features, labels)
             if evaluators is None:
-                evaluators = self._coco_evaluators(class_agnostic)
+                evaluators = self._coco_evaluators(self.class_agnostic)
             for evaluator in evaluators:
                 evaluator.add_eval_dict(eval_dict)
             self.accumulator.add_eval_dict(eval_dict)
-            self._draw(index, eval_dict, class_agnostic)
+            self._draw(progress.done, eval_dict, self.class_agnostic)
             for name, value in batch_losses.items():
                 losses.setdefault(name, []).append(float(value))
+            weights.append(len(features[inputs.HASH_KEY]))
+            progress.update(weights[-1])
         if evaluators is None:
             raise TrainError(f"the evaluation records {self._patterns()} hold no example")
+        progress.finish()
         metrics = {}
         for evaluator in evaluators:
             metrics.update(evaluator.evaluate())
         metrics.update(self.accumulator.evaluate())
-        metrics.update({name: float(np.mean(values)) for name, values in losses.items()})
+        metrics.update({name: float(np.average(values, weights=weights))
+                        for name, values in losses.items()})
         return {str(name): float(value) for name, value in metrics.items()}
 
     def _patterns(self) -> list[str]:
         return list(self.eval_input_config.tf_record_input_reader.input_path)
-
-    def _eval_dict(self, features, labels):
-        """The OD API's eval dict (``model_lib_v2.prepare_eval_dict``) of one batch."""
-        from object_detection import inputs, model_lib_v2
-        from object_detection.core import standard_fields as fields
-
-        losses, detections = self._detect(features, labels)
-        wanted = (fields.InputDataFields.image, fields.InputDataFields.original_image,
-                  fields.InputDataFields.original_image_spatial_shape,
-                  fields.InputDataFields.true_image_shape, inputs.HASH_KEY)
-        eval_features = {name: features[name] for name in wanted if name in features}
-        eval_dict, class_agnostic = model_lib_v2.prepare_eval_dict(
-            detections, dict(labels), eval_features)
-        return losses, eval_dict, class_agnostic
 
     def _coco_evaluators(self, class_agnostic: bool) -> list:
         """The config's ``metrics_set`` evaluators (COCO by default), by class or agnostic."""
@@ -286,15 +350,20 @@ class CheckpointScorer:
             self.eval_input_config.label_map_path)
 
     def _draw(self, index: int, eval_dict, class_agnostic: bool) -> None:
-        """Side-by-side images (detections | ground truth) of the first batches, as the OD
-        API's evaluator draws them (``eval_config.num_visualizations``)."""
+        """Side-by-side images (detections | ground truth) of the first
+        ``eval_config.num_visualizations`` images of a pass, as the OD API's evaluator draws
+        them; ``eval_dict`` is the batch starting at image ``index``."""
         import tensorflow as tf
         from object_detection.core import standard_fields as fields
         from object_detection.utils import visualization_utils as vis
 
-        if index >= self.eval_config.num_visualizations or \
-                fields.InputDataFields.original_image not in eval_dict:
+        wanted = self.eval_config.num_visualizations - index
+        if wanted <= 0 or fields.InputDataFields.original_image not in eval_dict:
             return
+        batch = len(eval_dict[fields.InputDataFields.key])
+        if wanted < batch:  # draw no more images than asked (each costs a PNG of the original)
+            eval_dict = {name: value[:wanted] if value.shape.rank and value.shape[0] == batch
+                         else value for name, value in eval_dict.items()}
         images = vis.draw_side_by_side_evaluation_image(
             eval_dict, category_index=self._categories(class_agnostic),
             max_boxes_to_draw=self.eval_config.max_num_boxes_to_visualize,
@@ -351,6 +420,16 @@ def _evaluated_steps(done: Mapping) -> list[int]:
     return [entry["step"] for entry in done.values()]
 
 
+def grow_gpu_memory() -> None:
+    """Let TensorFlow take each visible GPU's memory as it needs it (the launcher also sets
+    ``TF_FORCE_GPU_ALLOW_GROWTH``), so that the evaluator can share the trainer's GPU. Call it
+    before anything runs on a GPU."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
 def evaluate(run_dir, settings: TrainSettings) -> dict | None:
     """Score each new checkpoint of ``run_dir`` once; return the best (``best_checkpoint.json``).
 
@@ -367,6 +446,7 @@ def evaluate(run_dir, settings: TrainSettings) -> dict | None:
     if any(step >= target for step in _evaluated_steps(done)):
         log.info("step %d is already evaluated: nothing to do", target)
         return read_json(run.best_checkpoint)
+    grow_gpu_memory()
     scorer = CheckpointScorer(run.pipeline_config, run)
     last_progress = time.time()
     while True:
