@@ -127,7 +127,8 @@ def eval_images(eval_input_config) -> dict[int, tuple[str, tuple[int, int]]]:
     """The OD API's hash key (``inputs.HASH_KEY``) -> ``(image/source_id, (width, height))`` of
     each eval record, the size being the original's (the record's own when not recorded)."""
     import tensorflow as tf
-    from object_detection import inputs
+
+    from tfod.train.inputs import HASH_BINS
 
     patterns = list(eval_input_config.tf_record_input_reader.input_path)
     files = sorted({name for pattern in patterns for name in tf.io.gfile.glob(pattern)})
@@ -141,7 +142,7 @@ def eval_images(eval_input_config) -> dict[int, tuple[str, tuple[int, int]]]:
         parsed = {key: value.numpy() for key, value in
                   tf.io.parse_example(batch, spec).items()}
         source_ids = parsed["image/source_id"]
-        hashes = tf.cast(tf.strings.to_hash_bucket_fast(source_ids, inputs.HASH_BINS), tf.int32)
+        hashes = tf.cast(tf.strings.to_hash_bucket_fast(source_ids, HASH_BINS), tf.int32)
         width = np.where(parsed[ORIGINAL_WIDTH_KEY] > 0, parsed[ORIGINAL_WIDTH_KEY],
                          parsed["image/width"])
         height = np.where(parsed[ORIGINAL_HEIGHT_KEY] > 0, parsed[ORIGINAL_HEIGHT_KEY],
@@ -162,9 +163,10 @@ class CheckpointScorer:
 
     def __init__(self, pipeline_config, run: RunFolder):
         import tensorflow as tf
-        from object_detection import inputs
         from object_detection.builders import model_builder
         from object_detection.utils import config_util
+
+        from tfod.train.inputs import eval_dataset
 
         self.configs = config_util.merge_external_params_with_configs(
             read_configs(pipeline_config), None, kwargs_dict={"eval_num_epochs": 1})
@@ -173,7 +175,7 @@ class CheckpointScorer:
         self.run = run
         self.accumulator = CompetitionMetricAccumulator(eval_images(self.eval_input_config))
         self.model = model_builder.build(self.configs["model"], is_training=False)
-        self.dataset = inputs.eval_input(
+        self.dataset = eval_dataset(
             eval_config=self.eval_config, eval_input_config=self.eval_input_config,
             model_config=self.configs["model"], model=self.model)
         self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64)
@@ -261,16 +263,18 @@ class CheckpointScorer:
         return list(self.eval_input_config.tf_record_input_reader.input_path)
 
     def _eval_dict(self, features, labels):
-        """The OD API's eval dict (``model_lib_v2.prepare_eval_dict``) of one batch."""
-        from object_detection import inputs, model_lib_v2
+        """The OD API's eval dict (:func:`tfod.train.odapi.prepare_eval_dict`) of one batch."""
         from object_detection.core import standard_fields as fields
+
+        from tfod.train.inputs import HASH_KEY
+        from tfod.train.odapi import prepare_eval_dict
 
         losses, detections = self._detect(features, labels)
         wanted = (fields.InputDataFields.image, fields.InputDataFields.original_image,
                   fields.InputDataFields.original_image_spatial_shape,
-                  fields.InputDataFields.true_image_shape, inputs.HASH_KEY)
+                  fields.InputDataFields.true_image_shape, HASH_KEY)
         eval_features = {name: features[name] for name in wanted if name in features}
-        eval_dict, class_agnostic = model_lib_v2.prepare_eval_dict(
+        eval_dict, class_agnostic = prepare_eval_dict(
             detections, dict(labels), eval_features)
         return losses, eval_dict, class_agnostic
 
