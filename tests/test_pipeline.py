@@ -18,8 +18,10 @@ from PIL import Image
 import tfod.compat  # noqa: F401
 from tfod.config import pipeline as configs
 from tfod.data import records
+from tfod.runfolder import RunFolder, latest_checkpoint
 from tfod.train import inputs as pipeline
-from tfod.train import odapi
+from tfod.train import odapi, trainer
+from tfod.train.evaluator import CheckpointScorer
 
 # isort: split
 from object_detection.builders import model_builder
@@ -173,31 +175,39 @@ def _values(module) -> list[np.ndarray]:
     return [variable.numpy() for variable in module.variables]
 
 
-@pytest.mark.parametrize("checkpoint_type", ["detection", "classification"])
-def test_fine_tune_checkpoints_load(converted_sample, tmp_path, checkpoint_type):
-    """A checkpoint of either type, written here from a trained-looking tiny model, fills
-    the new model's backbone (and nothing of a wrong shape loads silently)."""
-    built = _configs(converted_sample, batch_size=2)
-    train_config = built["train_config"]
-    strategy = tf.distribute.get_strategy()
+def _model_and_dataset(built):
+    """A training model of ``built`` whose variables exist, and its training dataset."""
+    model = model_builder.build(built["model"], is_training=True)
+    dataset = pipeline.train_dataset(built["train_config"], built["train_input_config"],
+                                     built["model"], model=model)
+    odapi.build_variables(tf.distribute.get_strategy(), model, next(iter(dataset)), False)
+    return model, dataset
 
-    def model_and_batch():
-        model = model_builder.build(built["model"], is_training=True)
-        dataset = pipeline.train_dataset(train_config, built["train_input_config"],
-                                         built["model"], model=model)
-        odapi.build_variables(strategy, model, next(iter(dataset)), False)
-        return model, dataset
 
-    source, _ = model_and_batch()
+def _fine_tune_checkpoint(built, checkpoint_type: str, folder: Path):
+    """A checkpoint of ``checkpoint_type`` from a model of ``built`` with random backbone
+    weights (so that a load shows), and that backbone."""
+    source, _ = _model_and_dataset(built)
     backbone = source.restore_from_objects("classification")["feature_extractor"]
     for variable in backbone.variables:
         variable.assign(tf.random.uniform(variable.shape, seed=1))
     saved = tf.train.Checkpoint(**(
         {"model": source} if checkpoint_type == "detection" else {"feature_extractor": backbone}))
-    train_config.fine_tune_checkpoint = saved.save(str(tmp_path / "ckpt"))
+    return saved.save(str(folder / "ckpt")), backbone
+
+
+@pytest.mark.parametrize("checkpoint_type", ["detection", "classification"])
+def test_fine_tune_checkpoints_load(converted_sample, tmp_path, checkpoint_type):
+    """A checkpoint of either type, written here from a tiny model, fills the new model's
+    backbone."""
+    built = _configs(converted_sample, batch_size=2)
+    train_config = built["train_config"]
+    strategy = tf.distribute.get_strategy()
+    train_config.fine_tune_checkpoint, backbone = _fine_tune_checkpoint(
+        built, checkpoint_type, tmp_path)
     train_config.fine_tune_checkpoint_type = checkpoint_type
 
-    target, dataset = model_and_batch()
+    target, dataset = _model_and_dataset(built)
     target_backbone = target.restore_from_objects("classification")["feature_extractor"]
     expected = _values(backbone)
     assert not any(np.array_equal(new, old) for new, old in zip(
@@ -205,3 +215,29 @@ def test_fine_tune_checkpoints_load(converted_sample, tmp_path, checkpoint_type)
     odapi.load_fine_tune_checkpoint(target, train_config, strategy, dataset)
     for new, old in zip(_values(target_backbone), expected, strict=True):
         np.testing.assert_array_equal(new, old)
+
+
+@pytest.mark.slow
+def test_trainer_fine_tunes_with_moving_averages_that_the_evaluator_swaps_in(
+        converted_sample, tmp_path):
+    """The trainer starts from a detection checkpoint and keeps moving averages; the
+    evaluator restores the averaged weights; the scores are real."""
+    prefix, _ = _fine_tune_checkpoint(_configs(converted_sample, batch_size=2), "detection",
+                                      tmp_path / "source")
+    config = configs.build_config(
+        "ssd_mobilenet_v2", converted_sample, 0, tmp_path / "pipeline.config",
+        image_size=SIZE, batch_size=2, num_steps=2, fine_tune_checkpoint=prefix,
+        overrides=["train_config.optimizer.use_moving_average=true",
+                   "eval_config.use_moving_averages=true"])
+    assert trainer.train(config, tmp_path / "run", checkpoint_every=2) == 2
+    run = RunFolder(tmp_path / "run")
+    scorer = CheckpointScorer(config, run)
+    metrics = scorer.score(latest_checkpoint(run.root))
+    assert int(scorer.global_step.numpy()) == 2 and 0.0 <= metrics["rsna/score"] <= 1.0
+    raw = model_builder.build(scorer.configs["model"], is_training=False)
+    images, shapes = raw.preprocess(tf.zeros([1, SIZE, SIZE, 3]))
+    raw.predict(images, shapes)  # builds the variables
+    tf.train.Checkpoint(model=raw).read(str(latest_checkpoint(run.root).path)).expect_partial()
+    swapped = [not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(
+        scorer.model.trainable_variables, raw.trainable_variables, strict=True)]
+    assert any(swapped)  # the evaluator scored the averages, not the last weights

@@ -225,8 +225,8 @@ class CheckpointScorer:
     def score(self, checkpoint: Checkpoint) -> dict[str, float]:
         """Restore ``checkpoint``, run one pass over the eval fold, write and return metrics."""
         self.checkpoint.restore(str(checkpoint.path)).expect_partial()
-        if self.eval_config.use_moving_averages:
-            self.optimizer.swap_weights()
+        if self.eval_config.use_moving_averages:  # (swap_weights needs a non-default strategy)
+            self.optimizer.assign_average_vars(self.model.trainable_variables)
         metrics = self.evaluate_model()
         with self.writer.as_default(step=int(self.global_step.numpy())):
             write_scalars(metrics)

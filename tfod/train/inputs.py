@@ -239,12 +239,8 @@ class _Transform:
                    fields.InputDataFields.groundtruth_classes: dense[records.CLASS_LABEL_KEY],
                    fields.InputDataFields.groundtruth_weights: tf.ones_like(boxes[:, 0])}
         if self.load_masks:
-            masks = tf.map_fn(lambda png: tf.cast(tf.io.decode_png(png, channels=1)[:, :, 0] > 0,
-                                                  tf.float32),
-                              dense[records.MASK_KEY], fn_output_signature=tf.float32)
-            height_width = tf.shape(image)[:2]
-            decoded[fields.InputDataFields.groundtruth_instance_masks] = tf.reshape(
-                masks, tf.concat([[-1], height_width], axis=0))
+            decoded[fields.InputDataFields.groundtruth_instance_masks] = _decode_masks(
+                dense[records.MASK_KEY], tf.shape(image)[:2])
         return decoded
 
     def augment(self, image, groundtruth: dict):
@@ -349,6 +345,18 @@ class _Transform:
                 labels[key] = shape_utils.pad_or_clip_nd(
                     value, [self.max_boxes, *shapes.get(key, [])])
         return features, labels
+
+
+def _decode_masks(pngs, height_width):
+    """PNG instance masks -> ``[masks, height, width]`` float32, 1 where the PNG is > 0."""
+    import tensorflow as tf
+
+    def decode():
+        return tf.map_fn(lambda png: tf.cast(tf.io.decode_png(png, channels=1)[:, :, 0] > 0,
+                                             tf.float32), pngs, fn_output_signature=tf.float32)
+
+    return tf.cond(tf.size(pngs) > 0, decode,
+                   lambda: tf.zeros(tf.concat([[0], height_width], axis=0)))
 
 
 def _hash(source_id):
