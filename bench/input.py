@@ -5,7 +5,8 @@ MobileNet v2 config at each ``--sizes`` px with its own augmentations (horizonta
 crop, brightness, contrast) and ``--batch_size``, and times both pipelines on the same records,
 cores and model (whose ``preprocess`` both call): ``--batches`` batches after ``--warmup``,
 alternating, ``--repeats`` times, the best run counting (the cores may be shared). Prints
-images/s of each and the ratio (target >= 2x). The reference needs the TF 2.15 stack.
+images/s of each and the ratio (target >= 2x), with the model's augmentations and without any.
+The reference needs the TF 2.15 stack.
 
     .venv/bin/python bench/input.py [--sizes 256 512] [--batch_size 8] [--batches 30]
 """
@@ -53,9 +54,11 @@ def main() -> None:
         data = Path(scratch) / "data"
         convert(SAMPLE_DICOMS, data, LABELS_CSV, num_folds=2, seed=0, workers=1,
                 progress=False)
-        for size in args.sizes:
+        for size, augmentations in [(size, kept) for size in args.sizes
+                                    for kept in (None, ["none"])]:
             built = configs.build_configs("ssd_mobilenet_v2", data, -1, image_size=size,
-                                          batch_size=args.batch_size)
+                                          batch_size=args.batch_size,
+                                          augmentations=augmentations)
             model = model_builder.build(built["model"], is_training=True)
             config = (built["train_config"], built["train_input_config"], built["model"])
             pipelines = {"inputs.train_input": inputs.train_input,
@@ -68,7 +71,8 @@ def main() -> None:
                     best[name] = max(best[name], rate)
             steps = [step.WhichOneof("preprocessing_step")
                      for step in built["train_config"].data_augmentation_options]
-            print(f"{size} px, batch {args.batch_size}, augmentations {', '.join(steps)}")
+            print(f"{size} px, batch {args.batch_size}, augmentations "
+                  f"{', '.join(steps) or 'none'}")
             for name, rate in best.items():
                 print(f"  {name:20s} {rate:7.1f} images/s")
             ratio = best["tfod train_dataset"] / best["inputs.train_input"]

@@ -3,7 +3,8 @@
 The OD API's ``inputs.train_input`` / ``inputs.eval_input`` are the reference where they still
 import (the TF 2.15 stack): same records in, same batches and losses out. Augmented boxes are
 checked on the pixels: a bright box drawn into the image must still be bright under every box
-the pipeline gives, through flips and crops.
+the pipeline gives, through flips and crops. Fine-tune checkpoints of both types, written by
+the tests, load; a run with moving averages trains and is scored on its averages.
 """
 import ast
 import io

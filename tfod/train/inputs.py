@@ -19,7 +19,7 @@ Where it is faster than ``inputs.train_input``, and why the result is the same:
   one channel and repeated to three only at the model's size. Decoding a grayscale JPEG to
   three channels repeats the one, and the flips, crops, brightness and contrast of
   :data:`CHANNELWISE_AUGMENTATIONS` and the resize treat each channel alone, so the pixels are
-  the same at a third of the work. Any other augmentation keeps three channels throughout;
+  the same with less work. Any other augmentation keeps three channels throughout;
 * with a ``fixed_shape_resizer`` the one-channel image is resized by the model's own resizer
   before ``model.preprocess``, whose resize to the same size then returns it unchanged;
 * one ``tf.data`` map runs parse-to-padding in parallel (``AUTOTUNE``; the OD API's runs
