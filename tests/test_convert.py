@@ -245,17 +245,15 @@ def test_box_masks_of_resized_images(official_labels, tmp_path):
 
 
 def test_mask_rcnn_input_pipeline_reads_the_box_masks(masked_sample):
-    from object_detection import inputs
-
     from tfod.config import pipeline as configs
+    from tfod.train.inputs import train_dataset
 
     size = 128
     built = configs.build_configs("mask_rcnn_inception_resnet_v2", masked_sample, fold=0,
                                   image_size=size)
-    dataset = inputs.train_input(built["train_config"], built["train_input_config"],
-                                 built["model"])
+    dataset = train_dataset(built["train_config"], built["train_input_config"], built["model"])
     batch = built["train_config"].batch_size
-    max_boxes = built["train_input_config"].max_number_of_boxes  # what train_input pads to
+    max_boxes = built["train_input_config"].max_number_of_boxes  # what the pipeline pads to
     masks_seen = 0
     for _, labels in dataset.take(10):  # shuffled and repeated: read until a positive
         masks = labels[Fields.groundtruth_instance_masks].numpy()

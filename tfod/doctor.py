@@ -69,7 +69,7 @@ def _package_checks() -> list[Check]:
 # What the trainer and the evaluator import beyond TensorFlow: a module that imports on the
 # host but not in a clean image (cv2 without libGL) shows here, not when a container starts.
 TRAINER_IMPORTS = (
-    ("object_detection", "object_detection.model_lib_v2"),
+    ("object_detection", "object_detection.core.preprocessor"),
     ("object_detection builders", "object_detection.builders.model_builder"),
     ("object_detection eval", "object_detection.eval_util"),
     ("opencv (cv2)", "cv2"),

@@ -38,6 +38,17 @@ from object_detection.utils import dataset_util
 from tfod import boxes as box_ops
 from tfod.data.manifest import LABEL_MAP_NAME
 
+IMAGE_KEY = "image/encoded"
+FORMAT_KEY = "image/format"
+HEIGHT_KEY = "image/height"
+WIDTH_KEY = "image/width"
+FILENAME_KEY = "image/filename"
+SOURCE_ID_KEY = "image/source_id"  # the patientId
+SHA256_KEY = "image/key/sha256"
+BOX_KEYS = ("image/object/bbox/ymin", "image/object/bbox/xmin", "image/object/bbox/ymax",
+            "image/object/bbox/xmax")  # normalized, in this order
+CLASS_TEXT_KEY = "image/object/class/text"
+CLASS_LABEL_KEY = "image/object/class/label"
 MASK_KEY = "image/object/mask"
 ORIGINAL_HEIGHT_KEY = "image/original_height"  # the DICOM's size, before --max_size
 ORIGINAL_WIDTH_KEY = "image/original_width"
@@ -100,21 +111,19 @@ def encode_example(image: RecordImage, boxes_yxyx=(), box_masks: bool = False) -
     boxes = np.asarray(boxes_yxyx, dtype=np.float32).reshape(-1, 4)
     count = len(boxes)
     feature = {
-        "image/encoded": dataset_util.bytes_feature(image.encoded),
-        "image/format": dataset_util.bytes_feature(image.image_format.encode()),
-        "image/height": dataset_util.int64_feature(image.height),
-        "image/width": dataset_util.int64_feature(image.width),
+        IMAGE_KEY: dataset_util.bytes_feature(image.encoded),
+        FORMAT_KEY: dataset_util.bytes_feature(image.image_format.encode()),
+        HEIGHT_KEY: dataset_util.int64_feature(image.height),
+        WIDTH_KEY: dataset_util.int64_feature(image.width),
         ORIGINAL_HEIGHT_KEY: dataset_util.int64_feature(image.original_size[0]),
         ORIGINAL_WIDTH_KEY: dataset_util.int64_feature(image.original_size[1]),
-        "image/filename": dataset_util.bytes_feature(image.filename.encode()),
-        "image/source_id": dataset_util.bytes_feature(image.source_id.encode()),
-        "image/key/sha256": dataset_util.bytes_feature(image.sha256.encode()),
-        "image/object/bbox/ymin": dataset_util.float_list_feature(boxes[:, 0].tolist()),
-        "image/object/bbox/xmin": dataset_util.float_list_feature(boxes[:, 1].tolist()),
-        "image/object/bbox/ymax": dataset_util.float_list_feature(boxes[:, 2].tolist()),
-        "image/object/bbox/xmax": dataset_util.float_list_feature(boxes[:, 3].tolist()),
-        "image/object/class/text": dataset_util.bytes_list_feature([CLASS_NAME.encode()] * count),
-        "image/object/class/label": dataset_util.int64_list_feature([CLASS_ID] * count),
+        FILENAME_KEY: dataset_util.bytes_feature(image.filename.encode()),
+        SOURCE_ID_KEY: dataset_util.bytes_feature(image.source_id.encode()),
+        SHA256_KEY: dataset_util.bytes_feature(image.sha256.encode()),
+        **{key: dataset_util.float_list_feature(boxes[:, i].tolist())
+           for i, key in enumerate(BOX_KEYS)},
+        CLASS_TEXT_KEY: dataset_util.bytes_list_feature([CLASS_NAME.encode()] * count),
+        CLASS_LABEL_KEY: dataset_util.int64_list_feature([CLASS_ID] * count),
     }
     if box_masks:
         feature[MASK_KEY] = dataset_util.bytes_list_feature(
@@ -132,22 +141,21 @@ def decode_example(serialized: bytes) -> dict:
         values = features[key]
         return (values.bytes_list.value or values.int64_list.value)[0]
 
-    boxes = np.stack([np.asarray(features[f"image/object/bbox/{name}"].float_list.value,
-                                 dtype=np.float32) for name in ("ymin", "xmin", "ymax", "xmax")],
-                     axis=-1).reshape(-1, 4)
+    boxes = np.stack([np.asarray(features[key].float_list.value, dtype=np.float32)
+                      for key in BOX_KEYS], axis=-1).reshape(-1, 4)
     return {
-        "encoded": first("image/encoded"),
-        "format": first("image/format").decode(),
-        "height": int(first("image/height")),
-        "width": int(first("image/width")),
+        "encoded": first(IMAGE_KEY),
+        "format": first(FORMAT_KEY).decode(),
+        "height": int(first(HEIGHT_KEY)),
+        "width": int(first(WIDTH_KEY)),
         "original_height": int(first(ORIGINAL_HEIGHT_KEY)),
         "original_width": int(first(ORIGINAL_WIDTH_KEY)),
-        "filename": first("image/filename").decode(),
-        "source_id": first("image/source_id").decode(),
-        "sha256": first("image/key/sha256").decode(),
+        "filename": first(FILENAME_KEY).decode(),
+        "source_id": first(SOURCE_ID_KEY).decode(),
+        "sha256": first(SHA256_KEY).decode(),
         "boxes": boxes,
-        "class_text": [v.decode() for v in features["image/object/class/text"].bytes_list.value],
-        "class_label": list(features["image/object/class/label"].int64_list.value),
+        "class_text": [v.decode() for v in features[CLASS_TEXT_KEY].bytes_list.value],
+        "class_label": list(features[CLASS_LABEL_KEY].int64_list.value),
         "masks": list(features[MASK_KEY].bytes_list.value) if MASK_KEY in features else [],
     }
 

@@ -131,7 +131,8 @@ def eval_images(eval_input_config) -> dict[int, tuple[str, tuple[int, int]]]:
     """The OD API's hash key (``inputs.HASH_KEY``) -> ``(image/source_id, (width, height))`` of
     each eval record, the size being the original's (the record's own when not recorded)."""
     import tensorflow as tf
-    from object_detection import inputs
+
+    from tfod.train.inputs import HASH_BINS
 
     patterns = list(eval_input_config.tf_record_input_reader.input_path)
     files = sorted({name for pattern in patterns for name in tf.io.gfile.glob(pattern)})
@@ -145,7 +146,7 @@ def eval_images(eval_input_config) -> dict[int, tuple[str, tuple[int, int]]]:
         parsed = {key: value.numpy() for key, value in
                   tf.io.parse_example(batch, spec).items()}
         source_ids = parsed["image/source_id"]
-        hashes = tf.cast(tf.strings.to_hash_bucket_fast(source_ids, inputs.HASH_BINS), tf.int32)
+        hashes = tf.cast(tf.strings.to_hash_bucket_fast(source_ids, HASH_BINS), tf.int32)
         width = np.where(parsed[ORIGINAL_WIDTH_KEY] > 0, parsed[ORIGINAL_WIDTH_KEY],
                          parsed["image/width"])
         height = np.where(parsed[ORIGINAL_HEIGHT_KEY] > 0, parsed[ORIGINAL_HEIGHT_KEY],
@@ -193,6 +194,7 @@ class CheckpointScorer:
         from object_detection.builders import model_builder
         from object_detection.utils import config_util
 
+
         self.configs = config_util.merge_external_params_with_configs(
             read_configs(pipeline_config), None, kwargs_dict={"eval_num_epochs": 1})
         self.eval_config = self.configs["eval_config"]
@@ -227,15 +229,15 @@ class CheckpointScorer:
         record once (the last batch may be smaller), ground truth padded to the reader's
         ``max_number_of_boxes`` (:data:`MAX_BOXES` when unset) so that images batch, hash keys
         as :func:`eval_images` computes them. The one place the evaluator builds its input."""
-        from object_detection import inputs
+        from tfod.train.inputs import eval_dataset
 
         reader = copy.deepcopy(self.eval_input_config)
         reader.drop_remainder = False
         reader.max_number_of_boxes = reader.max_number_of_boxes or MAX_BOXES
         eval_config = copy.deepcopy(self.eval_config)
         eval_config.batch_size = self.batch_size
-        return inputs.eval_input(eval_config=eval_config, eval_input_config=reader,
-                                 model_config=self.configs["model"], model=self.model)
+        return eval_dataset(eval_config=eval_config, eval_input_config=reader,
+                            model_config=self.configs["model"], model=self.model)
 
     def _moving_averages(self) -> dict:
         """The optimizer to restore with the model when ``use_moving_averages`` is set."""
@@ -267,10 +269,12 @@ class CheckpointScorer:
         return boxes[1] is not None
 
     def _detect_batch(self, features, labels):
-        """Losses and the OD API's eval dict (``model_lib_v2.prepare_eval_dict``) of one
-        batch, in one graph."""
-        from object_detection import inputs, model_lib_v2
+        """Losses and the OD API's eval dict (:func:`tfod.train.odapi.prepare_eval_dict`) of
+        one batch, in one graph."""
         from object_detection.core import standard_fields as fields
+
+        from tfod.train.inputs import HASH_KEY
+        from tfod.train.odapi import prepare_eval_dict
 
         losses, predictions = losses_and_predictions(
             self.model, features, labels, self._unpad_groundtruth(labels),
@@ -279,17 +283,17 @@ class CheckpointScorer:
             predictions, features[fields.InputDataFields.true_image_shape])
         wanted = (fields.InputDataFields.image, fields.InputDataFields.original_image,
                   fields.InputDataFields.original_image_spatial_shape,
-                  fields.InputDataFields.true_image_shape, inputs.HASH_KEY)
+                  fields.InputDataFields.true_image_shape, HASH_KEY)
         eval_features = {name: features[name] for name in wanted if name in features}
-        eval_dict, self.class_agnostic = model_lib_v2.prepare_eval_dict(
+        eval_dict, self.class_agnostic = prepare_eval_dict(
             detections, dict(labels), eval_features)
         return losses, eval_dict
 
     def score(self, checkpoint: Checkpoint) -> dict[str, float]:
         """Restore ``checkpoint``, run one pass over the eval fold, write and return metrics."""
         self.checkpoint.restore(str(checkpoint.path)).expect_partial()
-        if self.eval_config.use_moving_averages:
-            self.optimizer.swap_weights()
+        if self.eval_config.use_moving_averages:  # (swap_weights needs a non-default strategy)
+            self.optimizer.assign_average_vars(self.model.trainable_variables)
         metrics = self.evaluate_model(f"evaluating {checkpoint.name}")
         with self.writer.as_default(step=int(self.global_step.numpy())):
             write_scalars(metrics)
@@ -302,7 +306,7 @@ class CheckpointScorer:
         """One pass over the eval fold with the weights the model holds now: COCO metrics,
         the competition metric and the mean eval losses (each batch's mean, weighted by its
         images)."""
-        from object_detection import inputs
+        from tfod.train.inputs import HASH_KEY
 
         evaluators, losses, weights = None, {}, []
         self.accumulator.clear()
@@ -317,7 +321,7 @@ class CheckpointScorer:
             self._draw(progress.done, eval_dict, self.class_agnostic)
             for name, value in batch_losses.items():
                 losses.setdefault(name, []).append(float(value))
-            weights.append(len(features[inputs.HASH_KEY]))
+            weights.append(len(features[HASH_KEY]))
             progress.update(weights[-1])
         if evaluators is None:
             raise TrainError(f"the evaluation records {self._patterns()} hold no example")

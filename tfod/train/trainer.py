@@ -4,10 +4,10 @@ Why not ``model_main_tf2`` / ``model_lib_v2.train_loop``: the stock loop runs in
 steps (it stops at the next multiple of 100, not at the step asked), saves only every
 ``checkpoint_every_n`` steps with no final save, cannot be stopped from outside, and offers no
 place for a NaN check or a heartbeat but patching its module. Here the loop is built from the
-same public pieces (``config_util``, ``model_builder``, ``inputs.train_input``,
-``optimizer_builder``, ``model_lib_v2.eager_train_step``,
-``model_lib_v2.load_fine_tune_checkpoint``, ``tf.train.Checkpoint`` / ``CheckpointManager``),
-and what happens around the steps are :mod:`tfod.train.hooks`:
+public pieces (``config_util``, ``model_builder``, ``optimizer_builder``,
+``tf.train.Checkpoint`` / ``CheckpointManager``) with our own input pipeline
+(:mod:`tfod.train.inputs`), train step and fine-tune checkpoint loading
+(:mod:`tfod.train.odapi`), and what happens around the steps are :mod:`tfod.train.hooks`:
 
 * it runs :func:`steps_per_iteration` steps per ``tf.function`` call, a number that divides
   the steps left and the checkpoint interval, so it lands exactly on ``num_steps`` and on each
@@ -35,7 +35,15 @@ from collections.abc import Sequence
 import tfod.compat  # noqa: F401  (before object_detection)
 from tfod.runfolder import FINISHED, RunFolder, latest_checkpoint, read_stop_request, write_status
 from tfod.train import hooks as train_hooks
-from tfod.train.odapi import LOSS_KEY, TrainError, build_variables, read_configs
+from tfod.train.odapi import (
+    LOSS_KEY,
+    TrainError,
+    build_variables,
+    load_fine_tune_checkpoint,
+    read_configs,
+    sum_over_replicas,
+    train_step,
+)
 from tfod.train.settings import TrainSettings
 
 NAN_MESSAGE = "tfod: the training loss is not finite"
@@ -45,7 +53,7 @@ log = logging.getLogger("tfod.train")
 
 
 def finite_loss_step(train_step):
-    """``train_step`` (``model_lib_v2.eager_train_step``) that fails on a NaN/Inf total loss.
+    """``train_step`` (:func:`tfod.train.odapi.train_step`) that fails on a NaN/Inf total loss.
 
     ``tf.debugging.Assert`` is stateful, so ``tf.function`` runs it even inside the loop of
     several steps whose results are dropped; the trainer turns the failure into a NaN loss.
@@ -110,15 +118,16 @@ class Trainer:
 
     def _build(self) -> None:
         import tensorflow as tf
-        from object_detection import inputs
         from object_detection.builders import model_builder, optimizer_builder
+
+        from tfod.train.inputs import train_dataset
 
         train_config = self.configs["train_config"]
         self.model = model_builder.build(self.configs["model"], is_training=True,
                                          add_summaries=False)
 
         def dataset_fn(input_context):
-            return inputs.train_input(
+            return train_dataset(
                 train_config=train_config, train_input_config=self.configs["train_input_config"],
                 model_config=self.configs["model"], model=self.model,
                 input_context=input_context).repeat()
@@ -153,7 +162,6 @@ class Trainer:
             self._load_fine_tune_checkpoint()
 
     def _load_fine_tune_checkpoint(self) -> None:
-        from object_detection import model_lib_v2
         from object_detection.utils import config_util, variables_helper
 
         train_config = self.configs["train_config"]
@@ -163,33 +171,26 @@ class Trainer:
             str(self.run.root))
         log.info("starting from the fine-tune checkpoint %s (%s)",
                  train_config.fine_tune_checkpoint, train_config.fine_tune_checkpoint_type)
-        model_lib_v2.load_fine_tune_checkpoint(
-            self.model, train_config.fine_tune_checkpoint, train_config.fine_tune_checkpoint_type,
-            train_config.fine_tune_checkpoint_version,
-            train_config.run_fine_tune_checkpoint_dummy_computation, self.dataset,
-            train_config.unpad_groundtruth_tensors)
+        load_fine_tune_checkpoint(self.model, train_config, self.strategy, self.dataset)
 
     def _iteration(self):
-        """A ``tf.function`` running ``steps_per_call`` distributed steps of the OD API's
-        ``eager_train_step``; it returns the losses of the last one, summed over replicas."""
+        """A ``tf.function`` running ``steps_per_call`` distributed steps of
+        :func:`tfod.train.odapi.train_step`; it returns the losses of the last one, summed over
+        replicas."""
         import tensorflow as tf
-        from object_detection import model_lib_v2
 
         train_config, strategy = self.configs["train_config"], self.strategy
-        step = finite_loss_step(model_lib_v2.eager_train_step)
+        step = finite_loss_step(train_step)
 
         def replica_step(features, labels):
-            losses = step(self.model, features, labels, train_config.unpad_groundtruth_tensors,
-                          self.optimizer, training_step=self.global_step,
-                          add_regularization_loss=train_config.add_regularization_loss,
-                          clip_gradients_value=train_config.gradient_clipping_by_norm or None,
-                          num_replicas=strategy.num_replicas_in_sync)
+            losses = step(self.model, self.optimizer, features, labels, train_config,
+                          strategy.num_replicas_in_sync, training_step=self.global_step)
             self.global_step.assign_add(1)
             return losses
 
         def one_step(iterator):
-            losses = strategy.run(replica_step, args=iterator.get_next())
-            return model_lib_v2.reduce_dict(strategy, losses, tf.distribute.ReduceOp.SUM)
+            return sum_over_replicas(strategy, strategy.run(replica_step,
+                                                            args=iterator.get_next()))
 
         @tf.function
         def iteration(iterator):
