@@ -211,7 +211,10 @@ def fuse(models: Sequence[Mapping[str, ImageBoxes]],
     tasks = _chunks(params, len(models), stacked, pieces)
     with tqdm(total=pieces, desc="fuse", unit="chunk", disable=not progress) as bar:
         chunks = map(_fuse_chunk, tasks) if pool is None else pool.imap(_fuse_chunk, tasks)
-        results = [bar.update() or result for result in chunks]
+        results = []
+        for result in chunks:  # not `bar.update() or result`: update() returns True
+            bar.update()
+            results.append(result)
     counts = np.concatenate([r[0] for r in results])
     image = np.repeat(np.arange(len(ids)), counts)
     normalized = np.concatenate([r[1] for r in results])
