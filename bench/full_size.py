@@ -36,8 +36,8 @@ misses); "largest process" is that peak alone.
     .venv/bin/python bench/full_size.py [--scale 1.0] [--steps 40] [--image_size 256]
                                         [--workdir DIR]   # DIR is kept (default: a temp folder)
 
-``--scale 0.05`` takes a random 5% of both id lists (development). On 2 shared cores the full
-size takes about 40 minutes (docs/full_size.md has the numbers).
+``--scale 0.05`` takes a random 5% of both id lists (development). On 2 cores shared with other
+work the full size took 55 minutes (docs/full_size.md has the numbers).
 """
 from __future__ import annotations
 
