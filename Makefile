@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast test-all bench lint doctor image clean
+.PHONY: venv demo test test-fast test-all bench bench-full lint doctor image clean
 
 venv: $(STAMP)
 
@@ -29,8 +29,16 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not docker and not multiworker" $(PYTEST_ARGS)
 
+# Every benchmark but the full-size one (about 45 minutes on 2 cores): `make bench-full`.
 bench: venv
-	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in $(filter-out bench/full_size.py,$(wildcard bench/*.py)); do \
+		echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Every stage on an RSNA-sized set through the console scripts (docs/full_size.md);
+# BENCH_FULL_ARGS="--scale 0.05" for a quick run.
+BENCH_FULL_ARGS ?=
+bench-full: venv
+	$(BIN)/python bench/full_size.py $(BENCH_FULL_ARGS)
 
 lint: venv
 	$(BIN)/ruff check tfod tools tests bench
