@@ -36,6 +36,7 @@ from tfod.detections import BoxTable, ImageBoxes
 from tfod.errors import BadInput
 from tfod.infer import ensemble
 from tfod.infer.ensemble import FusionParams
+from tfod.runfolder import finite_or_none
 from tfod.scoring.metric import BOX_SCALES, MIN_SCORES, fit_box_scale, match, pack
 
 WEIGHT_STEPS = (0.5, 2.0, 3.0)  # a model's weight is tried at these multiples of 1
@@ -55,7 +56,7 @@ class FitScore:
     def as_dict(self) -> dict:
         params = None if self.params is None else self.params.as_dict()
         return {"params": params, "threshold": self.threshold, "box_scale": self.box_scale,
-                "score": _finite(self.score)}
+                "score": finite_or_none(self.score)}
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,10 @@ class FitResult:
             "single_models": {name: {kind: scored.as_dict() for kind, scored in runs.items()}
                               for name, runs in self.singles.items()},
             "search": self.trace,
-            "fitted_per_fold": {str(k): _finite(v) for k, v in self.per_fold.items()},
+            "fitted_per_fold": finite_or_none({str(k): v for k, v in self.per_fold.items()}),
             "threshold_curves": {"min_scores": MIN_SCORES.tolist(),
-                                 **{k: [_finite(v) for v in c] for k, c in self.curves.items()}},
+                                 **finite_or_none({k: list(c) for k, c in self.curves.items()})},
         }
-
-
-def _finite(value: float):
-    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _ratio(weights) -> tuple[float, ...]:
@@ -134,7 +131,7 @@ class _Search:
         found = dataclasses.replace(_best(self.truth, fused), params=params)
         self.trace.append({"weights": list(params.weights), "iou_thr": params.iou_thr,
                            "threshold": found.threshold, "box_scale": found.box_scale,
-                           "score": _finite(found.score),
+                           "score": finite_or_none(found.score),
                            "seconds": round(time.perf_counter() - start, 2)})
         if self.progress:
             print(format_row(self.trace[-1]), flush=True)

@@ -32,7 +32,8 @@ from tfod import boxes as box_ops
 from tfod import detections as det
 from tfod.detections import BoxTable, ImageBoxes
 from tfod.errors import BadInput
-from tfod.runfolder import atomic_write
+from tfod.progress import format_number
+from tfod.runfolder import atomic_write, finite_or_none
 from tfod.scoring import analysis
 from tfod.scoring.metric import (
     MIN_SCORES,
@@ -312,11 +313,11 @@ def score_detections(ground_truth: Mapping[str, ImageBoxes],
                 f"{len(metrics['not_drawn'])} image(s) could not be drawn: see not_drawn in "
                 f"{output_dir / 'metrics.json'}")]
         _write_metrics(metrics, output_dir)
-    return _without_nan(metrics)
+    return finite_or_none(metrics)
 
 
 def _write_metrics(metrics: Mapping, output_dir: Path) -> None:
-    text = json.dumps(_without_nan(dict(metrics)), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(finite_or_none(dict(metrics)), indent=2, allow_nan=False) + "\n"
     with atomic_write(output_dir / "metrics.json") as stream:
         stream.write(text)
 
@@ -330,15 +331,6 @@ def _draw_plots(scored: Evaluation, output_dir: Path) -> None:
     report.plot_box_scale_curve(scored.fit.scales, scored.fit.scores, scored.fit.scale,
                                 output_dir / "box_scale_curve.png")
     report.plot_box_errors(scored.errors, output_dir / "box_errors.png")
-
-
-def _without_nan(value):
-    """``value`` with every float NaN replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value
 
 
 def _draw_gallery(ground_truth: BoxTable, detections: BoxTable, scored: Evaluation, dicom_dir,
@@ -402,10 +394,6 @@ def score_files(detections_csv, labels_csv, output_dir, folds_csv=None, fold: in
 # --- text -----------------------------------------------------------------------------------
 
 
-def _number(value, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def score_label(metrics: Mapping) -> str:
     """What the headline score is: at the detections' own best threshold, or at the given one."""
     return ("score at the given threshold" if metrics.get("threshold_from") == "given"
@@ -416,12 +404,12 @@ def format_table(metrics: Mapping) -> str:
     """A short text table of the headline numbers, then the notes."""
     fitted = metrics["fitted"]
     rows = [
-        (score_label(metrics), _number(metrics["score"], 4)),
-        ("  threshold (min score)", _number(metrics["threshold"], 2)),
-        ("  box scale applied", _number(metrics["box_scale"], 2)),
-        ("score with fitted box scale", _number(fitted["score"], 4)),
+        (score_label(metrics), format_number(metrics["score"], 4)),
+        ("  threshold (min score)", format_number(metrics["threshold"], 2)),
+        ("  box scale applied", format_number(metrics["box_scale"], 2)),
+        ("score with fitted box scale", format_number(fitted["score"], 4)),
         ("  fitted box scale @ threshold",
-         f"{_number(fitted['box_scale'], 2)} @ {_number(fitted['threshold'], 2)}"),
+         f"{format_number(fitted['box_scale'], 2)} @ {format_number(fitted['threshold'], 2)}"),
         ("images scored / total", f"{metrics['images']} / {metrics['images_total']}"),
         ("positive images", str(metrics["positive_images"])),
         (f"tp / fp / fn @ IoU {COUNT_IOU}", f"{metrics['tp']} / {metrics['fp']} / {metrics['fn']}"),
