@@ -186,8 +186,8 @@ def test_dry_run_plans_five_folds_on_two_gpus_in_parallel(five_folds, tmp_path):
     trainer_lines = [line for line in done.stdout.splitlines() if "[train]" in line]
     assert [line.split("CUDA_VISIBLE_DEVICES=")[1][0] for line in trainer_lines] == list("01010")
     for fold in range(5):
-        assert f"ssd_mobilenet_v2-fold{fold}/pipeline.config" in done.stdout
-    assert done.stdout.count("--patience 3 --min_delta 0.0") == 5
+        assert f"--run_dir {tmp_path / 'runs'}/ssd_mobilenet_v2-fold{fold}" in done.stdout
+    assert done.stdout.count("early stopping: patience 3, min_delta 0.0") == 5
     assert not (tmp_path / "runs").exists()  # nothing started, nothing written
 
 

@@ -313,7 +313,7 @@ def test_tool_fits_then_reapplies_and_submits(three_kinds, tmp_path):
     assert fitted["fusions"] == len(fitted["search"]) > 1
     assert fitted["fitted"]["score"] >= max(s["fitted"]["score"]
                                             for s in fitted["single_models"].values())
-    assert "as given" in done.stdout and "fitted" in done.stdout
+    assert "at given threshold" in done.stdout and "fitted" in done.stdout
     ids_csv = tmp_path / "ids.csv"
     ids_csv.write_text("patientId\n" + "\n".join(truth.ids) + "\n")
     done = run_tool(*kinds_args(folder), f"--params={fit_dir / 'ensemble.json'}",

@@ -80,7 +80,7 @@ def test_every_bad_row_is_reported_with_its_line(tmp_path):
     ]
     path = tmp_path / "labels.csv"
     path.write_text("patientId,x,y,width,height,Target\n" + "\n".join(rows) + "\n")
-    labels = L.read_labels(path)
+    labels = L.read_label_set(path)
     reasons = {issue.rows: issue.reason for issue in labels.issues}
     assert all(issue.source == str(path) for issue in labels.issues)
     assert set(reasons) == {(4,), (6,), (7,), (8,), (9,), (10,), (11,), (12,), (14,)}
@@ -102,9 +102,9 @@ def test_missing_column_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("patientId,x,y,width,Target\nabc,,,,0\n")
     with pytest.raises(BadInput, match=r"labels\.csv.*height"):
-        L.read_labels(path)
+        L.read_label_set(path)
     with pytest.raises(BadInput, match="not found"):
-        L.read_labels(tmp_path / "absent.csv")
+        L.read_label_set(tmp_path / "absent.csv")
 
 
 def test_class_info_problems(tmp_path):
@@ -148,7 +148,7 @@ def test_one_row_parser_two_policies(tmp_path):
     assert bad == [BadRow(4, "p-zero", "box height must be positive, got 0")]
     with pytest.raises(BadInput, match=r"labels\.csv, row 4: box height must be positive"):
         read_label_rows(path, strict=True)
-    assert L.read_labels(path).issues[0].reason == bad[0].reason  # the same rule in convert
+    assert L.read_label_set(path).issues[0].reason == bad[0].reason  # the same rule in convert
 
 
 def test_trailing_commas_and_spaced_header_read_like_the_plain_file(tmp_path):

@@ -73,7 +73,7 @@ def test_evaluate_writes_metrics_plots_and_gallery(tmp_path, sample):
     assert metrics["threshold"] == 0.21  # drops the 0.2 false positive, not the 0.95 one
     assert metrics["images_total"] == 16 and metrics["images"] == 6  # 5 positives + 1 FP
     assert metrics["fp"] == 1 and metrics["fn"] == 1 and metrics["tp"] == 9
-    assert metrics["box_scale"] == 1.0  # the score is the detections' as given
+    assert metrics["box_scale"] == 1.0  # the score is the detections' unscaled
     assert metrics["score"] == pytest.approx(score.competition_score(
         labels, predictions, metrics["threshold"]))
     fitted = metrics["fitted"]
@@ -81,7 +81,7 @@ def test_evaluate_writes_metrics_plots_and_gallery(tmp_path, sample):
     assert fitted["score"] == pytest.approx(score.competition_score(
         labels, predictions, fitted["threshold"], fitted["box_scale"]))
     assert fitted["score"] > metrics["score"]
-    assert metrics["box_errors"]["width_ratio"]["median"] == pytest.approx(1.3)  # as given
+    assert metrics["box_errors"]["width_ratio"]["median"] == pytest.approx(1.3)  # unscaled
     for name in ("threshold_curve.png", "box_scale_curve.png", "box_errors.png"):
         _valid_png(tmp_path / name)
 
@@ -278,10 +278,15 @@ def test_a_header_only_file_is_refused_alone_and_scored_loudly_with_images(tmp_p
     assert "WARNING" in stage.format_table(metrics)
 
 
-def test_the_table_labels_the_score_as_given_and_the_fitted_one(tmp_path, sample):
+def test_the_table_says_which_threshold_the_score_is_at_and_the_fitted_one(tmp_path, sample):
     labels, predictions = sample
-    table = stage.format_table(stage.score_detections(labels, predictions, tmp_path))
-    assert "score (detections as given)" in table and "score with fitted box scale" in table
+    best = stage.score_detections(labels, predictions, tmp_path)
+    table = stage.format_table(best)
+    assert best["threshold_from"] == "best"
+    assert "score at its best threshold" in table and "score with fitted box scale" in table
+    given = stage.score_detections(labels, predictions, tmp_path, threshold=0.5)
+    assert given["threshold_from"] == "given" and given["threshold"] == 0.5
+    assert "score at the given threshold" in stage.format_table(given)
     assert "fitted box scale @ threshold  0.88 @" in table
 
 

@@ -11,7 +11,8 @@ user can copy:
    the horizontal flip of the model's augmentations: the flip that TTA undoes);
 4. ``tfod-export`` of each run's best checkpoint to a SavedModel;
 5. ``tfod-predict`` of every DICOM with each SavedModel, with horizontal-flip TTA;
-6. ``tfod-evaluate`` of each model's predictions (as given, and with a fitted box scale);
+6. ``tfod-evaluate`` of each model's predictions (at its best threshold, and with a fitted box
+   scale);
 7. ``tfod-ensemble --fit``: fuse both models, fit weights, IoU, threshold and box scale, and
    write the Kaggle submission for the sample's ids;
 8. ``tfod-evaluate`` of that submission, with the validation gallery;

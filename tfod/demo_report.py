@@ -1,9 +1,10 @@
 """The demo's one page, ``report.html``, and its closing text summary.
 
 The page links everything a person opens after ``make demo``: the commands as typed, each
-model's and the ensemble's scores (as given, and with what was fitted on the same images, in
-separate columns), threshold curves and box-error plots, the gallery, the TensorBoard command
-and the time of each stage. Paths are relative to the report, so the folder can be moved.
+model's score at its best threshold and with a fitted box scale, the ensemble's at the given
+threshold and fitted on the same images (separate, named columns), threshold curves and
+box-error plots, the gallery, the TensorBoard command and the time of each stage. Paths are
+relative to the report, so the folder can be moved.
 """
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from tfod.progress import format_number
+
 PLOTS = ("threshold_curve.png", "box_scale_curve.png", "box_errors.png")
-
-
-def _number(value, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{float(value):.{digits}f}"
 
 
 def _link(report: Path, target: Path, text: str | None = None) -> str:
@@ -41,11 +40,12 @@ def _scores_table(summary: Mapping) -> str:
     for name, metrics in score_rows(summary):
         fitted = metrics.get("fitted") or {}
         rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{_number(metrics.get('score'))}</td>"
-            f"<td>{_number(metrics.get('threshold'), 2)}</td>"
-            f"<td>{_number(fitted.get('score'))}</td><td>{_number(fitted.get('box_scale'), 2)}</td>"
+            f"<tr><td>{html.escape(name)}</td><td>{format_number(metrics.get('score'))}</td>"
+            f"<td>{format_number(metrics.get('threshold'), 2)}</td>"
+            f"<td>{format_number(fitted.get('score'))}</td>"
+            f"<td>{format_number(fitted.get('box_scale'), 2)}</td>"
             f"<td>{metrics.get('images_scored', metrics.get('images_total', ''))}</td></tr>")
-    return ("<table><tr><th>detections</th><th>score as given</th><th>at threshold</th>"
+    return ("<table><tr><th>detections</th><th>score at its best threshold</th><th>threshold</th>"
             "<th>score with fitted box scale</th><th>fitted box scale</th><th>images</th></tr>"
             + "".join(rows) + "</table>")
 
@@ -57,9 +57,10 @@ def _ensemble_block(summary: Mapping) -> str:
               "box_scale": fitted.get("box_scale")}
     items = "".join(f"<li><code>{html.escape(str(k))}</code> = {html.escape(str(v))}</li>"
                     for k, v in chosen.items())
-    return ("<h2>Ensemble</h2><p>Fusion with default parameters, as given: score "
-            f"{_number(given.get('score'))}; with weights, IoU, threshold and box scale fitted on "
-            f"the same images: score {_number(fitted.get('score'))}. Fitted values:</p>"
+    return ("<h2>Ensemble</h2><p>Fusion with default parameters at the given threshold: score "
+            f"{format_number(given.get('score'))}; with weights, IoU, threshold and box scale "
+            f"fitted on the same images: score {format_number(fitted.get('score'))}. "
+            "Fitted values:</p>"
             f"<ul>{items}</ul>")
 
 
@@ -120,7 +121,9 @@ def text_summary(plan, summary: Mapping) -> str:
     lines = ["", f"== tfod demo: done in {summary['seconds']:.0f} s"]
     for name, metrics in score_rows(summary):
         fitted = (metrics.get("fitted") or {}).get("score")
-        lines.append(f"  {name:<28} score {_number(metrics.get('score'))} as given"
-                     + (f", {_number(fitted)} with fitted box scale" if fitted is not None else ""))
+        score = format_number(metrics.get("score"))
+        lines.append(f"  {name:<28} score {score} at its best threshold"
+                     + (f", {format_number(fitted)} with fitted box scale"
+                        if fitted is not None else ""))
     lines += [f"  submission: {plan.submission}", f"  report:     {plan.report}"]
     return "\n".join(lines)

@@ -30,20 +30,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfod.errors import BadInput
+from tfod.errors import FormatError
+from tfod.labelrows import read_label_rows
 from tfod.runfolder import atomic_write
 
 DETECTIONS_HEADER = ["patientId", "x", "y", "width", "height", "score"]
-LABELS_HEADER = ["patientId", "x", "y", "width", "height", "Target"]
 SUBMISSION_HEADER = ["patientId", "PredictionString"]
-
-
-class FormatError(BadInput):
-    """A detections, labels, submission or folds file that breaks its format."""
-
-    def __init__(self, path, row: int | None, message: str):
-        super().__init__(message, path, row)
-        self.path = str(path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,21 +297,17 @@ def read_detections(path) -> BoxTable:
 
 
 def read_labels(path) -> BoxTable:
-    """Read the official labels CSV as ground truth (every score 1)."""
+    """Read the official labels CSV as ground truth (every score 1): its rows by the one
+    parser of label rows (:func:`tfod.labelrows.read_label_rows`, strict: the first bad row is
+    a :class:`FormatError`), the same rules ``tfod-convert`` applies."""
     path = Path(path)
     collector = _Collector(path)
-    for row, fields in _rows(path, LABELS_HEADER):
-        patient_id = _patient_id(path, row, fields[0])
-        box_fields, target = fields[1:5], fields[5]
-        if target == "0" and not any(box_fields):
-            collector.add_empty(row, patient_id)
-        elif target == "1" and all(box_fields):
-            collector.add_box(row, patient_id, _box(path, row, box_fields), 1.0)
+    rows, _ = read_label_rows(path, strict=True)
+    for row in rows:
+        if row.box is None:
+            collector.add_empty(row.line, row.patient_id)
         else:
-            raise FormatError(
-                path, row, f"Target {target!r} needs {'a box' if target == '1' else 'no box'}"
-                f" and must be 0 or 1: {fields}",
-            )
+            collector.add_box(row.line, row.patient_id, list(row.box), 1.0)
     return collector.result()
 
 

@@ -29,3 +29,11 @@ class BadInput(ValueError):
 
 class RunFailed(RuntimeError):
     """A run that started from good inputs and could not finish (exit :data:`FAILED`)."""
+
+
+class FormatError(BadInput):
+    """A labels, detections, submission or folds file that breaks its format."""
+
+    def __init__(self, path, row: int | None, message: str):
+        super().__init__(message, path, row)
+        self.path = str(path)

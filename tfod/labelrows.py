@@ -4,8 +4,9 @@ The converter and the evaluation both read the labels through :func:`read_label_
 same row is accepted or refused by the same rules; only what happens to a refused row differs,
 and the caller chooses it:
 
-* ``strict=True`` (evaluation): the first bad row raises :class:`tfod.errors.BadInput` naming
-  the file, the line and the reason;
+* ``strict=True`` (scoring, the ensemble, cross-validation: :func:`tfod.detections.read_labels`):
+  the first bad row raises :class:`tfod.errors.FormatError` naming the file, the line and the
+  reason;
 * ``strict=False`` (conversion): bad rows come back as :class:`BadRow` entries, to be listed as
   skipped inputs, and parsing goes on.
 
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tfod.errors import BadInput
+from tfod.errors import BadInput, FormatError
 
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 BOX_COLUMNS = ("x", "y", "width", "height")
@@ -61,7 +62,7 @@ def read_label_rows(path, strict: bool) -> tuple[list[LabelRow], list[BadRow]]:
         patient_id = fields.get("patientId", "")
         reason = fields["?"] if "?" in fields else _row_problem(fields)
         if reason and strict:
-            raise BadInput(reason, path, line)
+            raise FormatError(path, line, reason)
         if reason:
             bad.append(BadRow(line, patient_id, reason))
         else:
@@ -75,7 +76,9 @@ def _data_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as stream:
             lines = list(csv.reader(stream))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+    except UnicodeDecodeError:
+        raise FormatError(path, None, "not a text CSV file") from None
+    except (OSError, csv.Error) as error:
         raise BadInput(f"cannot read the labels CSV ({error})", path) from error
     header = _header(path, lines)
     for line, raw in enumerate(lines[1:], start=FIRST_DATA_LINE):

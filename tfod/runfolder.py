@@ -33,6 +33,8 @@ import errno
 import fcntl
 import itertools
 import json
+import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -191,6 +193,21 @@ def atomic_write(path, mode: str = "w", newline: str | None = None,
 
 
 _TEMPORARY_NUMBERS = itertools.count()
+
+
+def finite_or_none(value):
+    """``value`` for a JSON file: a number when finite (numpy's as Python's), ``None`` when
+    missing, NaN or infinite (JSON has no NaN); dicts and lists converted item by item."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(item) for item in value]
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def json_text(data) -> str:

@@ -9,8 +9,8 @@ tfod-evaluate --detections submission.csv --images ids.csv --labels_csv ... --ou
 The detections are a detections CSV or a Kaggle submission (told apart by the header). Writes
 metrics.json (first), threshold_curve.png, box_scale_curve.png, box_errors.png and, with
 --dicom_dir, gallery/index.html into --output_dir (this stage's earlier outputs there are
-removed first), and prints a short table: the score of the detections as given, and beside it
-the score with the fitted box scale. See docs/score.md.
+removed first), and prints a short table: the score of the detections at their best threshold
+(or at --threshold), and beside it the score with the fitted box scale. See docs/score.md.
 """
 
 from absl import flags
@@ -34,7 +34,7 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for metrics.json, 
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Minimum detection score; default: the best "
                                 "of 0.05..0.95.", lower_bound=0.0, upper_bound=1.0)
 _BOX_SCALE = flags.DEFINE_float("box_scale", None, "Scale predicted boxes about their centres by "
-                                "this (> 0) for the score; default: as given (1). The best of "
+                                "this (> 0) for the score; default: unscaled (1). The best of "
                                 "0.70..1.10 is reported apart as the fitted scale.")
 cli.require_positive(_BOX_SCALE)
 _DICOM_DIR = flags.DEFINE_string("dicom_dir", None, "Folder of <patientId>.dcm; draws the "

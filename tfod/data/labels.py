@@ -98,7 +98,7 @@ def _read_table(path, columns) -> pd.DataFrame:
     return table
 
 
-def read_labels(path) -> LabelSet:
+def read_label_set(path) -> LabelSet:
     """Parse the labels CSV into one :class:`PatientLabels` per patient.
 
     Rows go through :func:`tfod.labelrows.read_label_rows` with the lenient policy: a bad row
@@ -205,7 +205,7 @@ def add_headers(labels: LabelSet, path) -> None:
 
 def load_labels(labels_csv, class_info_csv=None, headers_csv=None) -> LabelSet:
     """Read the labels and, when given, the class-info and headers tables into one set."""
-    labels = read_labels(labels_csv)
+    labels = read_label_set(labels_csv)
     if class_info_csv:
         add_class_info(labels, class_info_csv)
     if headers_csv:

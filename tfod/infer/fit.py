@@ -15,9 +15,11 @@ the box scale (every 10th of :data:`BOX_SCALES`) are swept on that fused result,
 new fusion (one matching serves every threshold). The chosen fusion is then refined on the full
 box-scale grid. Ties keep the earlier candidate: equal weights and the given ``iou_thr`` first.
 
-The *given* ensemble (the parameters, threshold and box scale as given) and the *fitted* one
-are kept apart in :class:`FitResult`; each single model is scored as given and at its own best
-threshold and box scale, so the ensemble is compared with the best that one model can do.
+The *given* ensemble (at the given threshold, box scale and fusion flags) and the *fitted* one
+are kept apart in :class:`FitResult`; each single model is scored at the given threshold and
+box scale, and at its own best, so the ensemble is compared with the best one model can do.
+(``tfod-evaluate``'s headline score is another thing: a set of detections at its own best
+threshold; this module never calls that "given".)
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from tfod.detections import BoxTable, ImageBoxes
 from tfod.errors import BadInput
 from tfod.infer import ensemble
 from tfod.infer.ensemble import FusionParams
+from tfod.runfolder import finite_or_none
 from tfod.scoring.metric import BOX_SCALES, MIN_SCORES, fit_box_scale, match, pack
 
 WEIGHT_STEPS = (0.5, 2.0, 3.0)  # a model's weight is tried at these multiples of 1
@@ -42,7 +45,7 @@ COARSE_SCALES = BOX_SCALES[::10]  # 0.70, 0.80, ..., 1.10
 
 
 @dataclass(frozen=True)
-class Scored:
+class FitScore:
     """Detections' parameters and their competition score on the validation images."""
 
     params: FusionParams | None  # None for a single model's own detections
@@ -53,7 +56,7 @@ class Scored:
     def as_dict(self) -> dict:
         params = None if self.params is None else self.params.as_dict()
         return {"params": params, "threshold": self.threshold, "box_scale": self.box_scale,
-                "score": _finite(self.score)}
+                "score": finite_or_none(self.score)}
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,9 @@ class FitResult:
     """What :func:`fit` found; ``given`` and ``fitted`` are never mixed."""
 
     names: list[str]
-    given: Scored
-    fitted: Scored
-    singles: dict[str, dict[str, Scored]]  # name -> {"given": ..., "fitted": ...}
+    given: FitScore
+    fitted: FitScore
+    singles: dict[str, dict[str, FitScore]]  # name -> {"given": ..., "fitted": ...}
     trace: list[dict]  # one row per fusion of the search
     fusions: int
     images: int
@@ -77,14 +80,10 @@ class FitResult:
             "single_models": {name: {kind: scored.as_dict() for kind, scored in runs.items()}
                               for name, runs in self.singles.items()},
             "search": self.trace,
-            "fitted_per_fold": {str(k): _finite(v) for k, v in self.per_fold.items()},
+            "fitted_per_fold": finite_or_none({str(k): v for k, v in self.per_fold.items()}),
             "threshold_curves": {"min_scores": MIN_SCORES.tolist(),
-                                 **{k: [_finite(v) for v in c] for k, c in self.curves.items()}},
+                                 **finite_or_none({k: list(c) for k, c in self.curves.items()})},
         }
-
-
-def _finite(value: float):
-    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _ratio(weights) -> tuple[float, ...]:
@@ -101,14 +100,14 @@ def validation_truth(labels: Mapping[str, ImageBoxes], ids: Sequence[str]) -> Bo
     return labels.subset(list(ids))
 
 
-def _best(truth: BoxTable, detections: Mapping[str, ImageBoxes], scales=COARSE_SCALES) -> Scored:
+def _best(truth: BoxTable, detections: Mapping[str, ImageBoxes], scales=COARSE_SCALES) -> FitScore:
     found = fit_box_scale(pack(truth, detections), scales=scales)
-    return Scored(None, found.threshold, found.scale, found.score)
+    return FitScore(None, found.threshold, found.scale, found.score)
 
 
-def _given(truth: BoxTable, detections, threshold: float, box_scale: float) -> Scored:
+def _given(truth: BoxTable, detections, threshold: float, box_scale: float) -> FitScore:
     score = match(truth, detections, box_scale).score(threshold)
-    return Scored(None, threshold, box_scale, score)
+    return FitScore(None, threshold, box_scale, score)
 
 
 class _Search:
@@ -119,7 +118,7 @@ class _Search:
         self.pool, self.progress = pool, progress
         self.transform = transform or (lambda fused: fused)
         self.trace: list[dict] = []
-        self.best: tuple[Scored, BoxTable] | None = None
+        self.best: tuple[FitScore, BoxTable] | None = None
         self.tried: set = set()
 
     def try_params(self, params: FusionParams) -> None:
@@ -132,7 +131,7 @@ class _Search:
         found = dataclasses.replace(_best(self.truth, fused), params=params)
         self.trace.append({"weights": list(params.weights), "iou_thr": params.iou_thr,
                            "threshold": found.threshold, "box_scale": found.box_scale,
-                           "score": _finite(found.score),
+                           "score": finite_or_none(found.score),
                            "seconds": round(time.perf_counter() - start, 2)})
         if self.progress:
             print(format_row(self.trace[-1]), flush=True)
@@ -147,7 +146,7 @@ def fit(models: Sequence[Mapping[str, ImageBoxes]], names: Sequence[str],
         workers: int = 1, progress: bool = False) -> FitResult:
     """Search the ensemble of ``models`` that scores best on ``labels`` (see the module doc).
 
-    ``given``: the parameters as given (also the method, ``skip_box_thr`` and ``conf_type``
+    ``given``: the flags given (also the method, ``skip_box_thr`` and ``conf_type``
     of every candidate); ``threshold`` and ``box_scale``: the given score threshold and scale.
     ``folds`` (``patientId -> fold``): also score the fitted ensemble on each fold's images.
     ``transform``: applied to every fused result before it is scored (e.g. classifier gating).
@@ -187,7 +186,7 @@ def fit(models: Sequence[Mapping[str, ImageBoxes]], names: Sequence[str],
                      _per_fold(truth, fused, fitted, folds or {}))
 
 
-def _per_fold(truth: BoxTable, fused: BoxTable, fitted: Scored, folds: Mapping[str, int]):
+def _per_fold(truth: BoxTable, fused: BoxTable, fitted: FitScore, folds: Mapping[str, int]):
     scores = {}
     for fold in sorted(set(folds.values())):
         ids = [i for i in truth.ids if folds.get(i) == fold]
@@ -209,12 +208,14 @@ def format_row(row: Mapping) -> str:
 
 
 def format_summary(result: FitResult) -> str:
-    """The single models and the ensemble, as given and fitted, one line each."""
-    lines = [f"{'':<28} {'as given':>9} {'fitted':>9}  (threshold, box scale of the fitted)"]
+    """The single models and the ensemble at the given threshold and flags, and fitted, one
+    line each."""
+    lines = [f"{'':<28} {'at given threshold':>18} {'fitted':>9}  (threshold, box scale of the "
+             "fitted)"]
 
-    def line(name, given: Scored, fitted: Scored):
+    def line(name, given: FitScore, fitted: FitScore):
         g, f = (("n/a" if not np.isfinite(s.score) else f"{s.score:.4f}") for s in (given, fitted))
-        return f"{name:<28} {g:>9} {f:>9}  ({fitted.threshold:.2f}, {fitted.box_scale:.2f})"
+        return f"{name:<28} {g:>18} {f:>9}  ({fitted.threshold:.2f}, {fitted.box_scale:.2f})"
 
     for name, runs in result.singles.items():
         lines.append(line(name, runs["given"], runs["fitted"]))

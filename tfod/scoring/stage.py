@@ -11,9 +11,9 @@ Reliability rules:
   removed first, other files are left alone.
 * ``metrics.json`` is written before anything is drawn; what cannot be drawn (a truncated or
   missing DICOM) is listed in it (``not_drawn``) and the drawing goes on.
-* ``score`` is the detections as given (at ``--threshold`` or the best threshold, boxes scaled
-  only by an explicit ``--box_scale``); the fitted box scale and its score sit apart, in
-  ``fitted``, so the two are never mixed up.
+* ``score`` is the detections' score at their best threshold, or at the given ``--threshold``
+  (``threshold_from`` says which), boxes scaled only by an explicit ``--box_scale``; the fitted
+  box scale and its score sit apart, in ``fitted``, so the two are never mixed up.
 * Every input a user gives is checked where it enters: a bad file, row or flag raises
   :class:`tfod.errors.BadInput` (one line, exit 2 from the tool).
 """
@@ -32,7 +32,8 @@ from tfod import boxes as box_ops
 from tfod import detections as det
 from tfod.detections import BoxTable, ImageBoxes
 from tfod.errors import BadInput
-from tfod.runfolder import atomic_write
+from tfod.progress import format_number
+from tfod.runfolder import atomic_write, finite_or_none
 from tfod.scoring import analysis
 from tfod.scoring.metric import (
     MIN_SCORES,
@@ -229,7 +230,7 @@ def check_options(threshold: float | None, box_scale: float | None, dicom_dir=No
 
 
 @dataclass(frozen=True)
-class Scored:
+class Evaluation:
     """What :func:`compute_metrics` found: the metrics and the arrays the pictures need."""
 
     metrics: dict
@@ -241,13 +242,15 @@ class Scored:
 
 
 def compute_metrics(ground_truth: BoxTable, detections: BoxTable, threshold: float | None = None,
-                    box_scale: float | None = None) -> Scored:
-    """The metrics of ``detections`` as given, and the fitted box scale beside them."""
+                    box_scale: float | None = None) -> Evaluation:
+    """The metrics of ``detections`` at ``threshold`` (else at their best threshold) with the
+    boxes scaled by ``box_scale`` (else unscaled), and the fitted box scale beside them."""
     packed = pack(ground_truth, detections)
     fit = fit_box_scale(packed, threshold=threshold)
     scale = 1.0 if box_scale is None else float(box_scale)
     matching = match_packed(packed.scaled(scale))
     curve = matching.curve(MIN_SCORES)
+    threshold_from = "given" if threshold is not None else "best"
     if threshold is None:
         threshold, _ = best_threshold(MIN_SCORES, curve)
     tp, fp, fn = (c[:, _count_index()] for c in matching.counts(threshold))
@@ -255,6 +258,7 @@ def compute_metrics(ground_truth: BoxTable, detections: BoxTable, threshold: flo
     metrics = {
         "score": matching.score(threshold),
         "threshold": float(threshold),
+        "threshold_from": threshold_from,  # "best": the best of MIN_SCORES; "given": --threshold
         "box_scale": scale,
         "fitted": {"box_scale": fit.scale, "threshold": fit.threshold, "score": fit.score},
         "images": int(np.count_nonzero(~np.isnan(image_scores))),
@@ -272,7 +276,7 @@ def compute_metrics(ground_truth: BoxTable, detections: BoxTable, threshold: flo
         "box_errors": analysis.error_analysis(matching, threshold),
     }
     errors = analysis.box_errors(*analysis.matched_pairs(matching, threshold))
-    return Scored(metrics, curve, fit, errors, image_scores, (tp, fp, fn))
+    return Evaluation(metrics, curve, fit, errors, image_scores, (tp, fp, fn))
 
 
 def score_detections(ground_truth: Mapping[str, ImageBoxes],
@@ -283,7 +287,7 @@ def score_detections(ground_truth: Mapping[str, ImageBoxes],
     """Score ``detections`` on the images of ``ground_truth``; write metrics, plots, gallery.
 
     ``score`` is taken at ``threshold`` (a minimum detection score) when given, else at the
-    best one of :data:`MIN_SCORES`, on the boxes as given (scaled by ``box_scale`` only when
+    best one of :data:`MIN_SCORES`, on the boxes unscaled (scaled by ``box_scale`` only when
     given). ``fitted`` holds the best box scale of :data:`tfod.scoring.metric.BOX_SCALES` and
     its score. Writes ``metrics.json`` first, then ``threshold_curve.png``,
     ``box_scale_curve.png``, ``box_errors.png`` and, with ``dicom_dir``, ``gallery/`` (the
@@ -309,16 +313,16 @@ def score_detections(ground_truth: Mapping[str, ImageBoxes],
                 f"{len(metrics['not_drawn'])} image(s) could not be drawn: see not_drawn in "
                 f"{output_dir / 'metrics.json'}")]
         _write_metrics(metrics, output_dir)
-    return _without_nan(metrics)
+    return finite_or_none(metrics)
 
 
 def _write_metrics(metrics: Mapping, output_dir: Path) -> None:
-    text = json.dumps(_without_nan(dict(metrics)), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(finite_or_none(dict(metrics)), indent=2, allow_nan=False) + "\n"
     with atomic_write(output_dir / "metrics.json") as stream:
         stream.write(text)
 
 
-def _draw_plots(scored: Scored, output_dir: Path) -> None:
+def _draw_plots(scored: Evaluation, output_dir: Path) -> None:
     from tfod.scoring import report  # matplotlib is only needed here
 
     metrics = scored.metrics
@@ -329,16 +333,7 @@ def _draw_plots(scored: Scored, output_dir: Path) -> None:
     report.plot_box_errors(scored.errors, output_dir / "box_errors.png")
 
 
-def _without_nan(value):
-    """``value`` with every float NaN replaced by ``None`` (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value
-
-
-def _draw_gallery(ground_truth: BoxTable, detections: BoxTable, scored: Scored, dicom_dir,
+def _draw_gallery(ground_truth: BoxTable, detections: BoxTable, scored: Evaluation, dicom_dir,
                   gallery_dir: Path, limit: int) -> dict:
     """The gallery of the ``limit`` worst images (0: all)."""
     from tfod.scoring.report import GalleryItem, write_gallery
@@ -399,20 +394,22 @@ def score_files(detections_csv, labels_csv, output_dir, folds_csv=None, fold: in
 # --- text -----------------------------------------------------------------------------------
 
 
-def _number(value, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def score_label(metrics: Mapping) -> str:
+    """What the headline score is: at the detections' own best threshold, or at the given one."""
+    return ("score at the given threshold" if metrics.get("threshold_from") == "given"
+            else "score at its best threshold")
 
 
 def format_table(metrics: Mapping) -> str:
     """A short text table of the headline numbers, then the notes."""
     fitted = metrics["fitted"]
     rows = [
-        ("score (detections as given)", _number(metrics["score"], 4)),
-        ("  threshold (min score)", _number(metrics["threshold"], 2)),
-        ("  box scale applied", _number(metrics["box_scale"], 2)),
-        ("score with fitted box scale", _number(fitted["score"], 4)),
+        (score_label(metrics), format_number(metrics["score"], 4)),
+        ("  threshold (min score)", format_number(metrics["threshold"], 2)),
+        ("  box scale applied", format_number(metrics["box_scale"], 2)),
+        ("score with fitted box scale", format_number(fitted["score"], 4)),
         ("  fitted box scale @ threshold",
-         f"{_number(fitted['box_scale'], 2)} @ {_number(fitted['threshold'], 2)}"),
+         f"{format_number(fitted['box_scale'], 2)} @ {format_number(fitted['threshold'], 2)}"),
         ("images scored / total", f"{metrics['images']} / {metrics['images_total']}"),
         ("positive images", str(metrics["positive_images"])),
         (f"tp / fp / fn @ IoU {COUNT_IOU}", f"{metrics['tp']} / {metrics['fp']} / {metrics['fn']}"),

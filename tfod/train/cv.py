@@ -16,7 +16,6 @@ The metric is :mod:`tfod.scoring.metric`'s (pure: arrays in, numbers out).
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from tfod import detections as det
 from tfod.detections import ImageBoxes
 from tfod.errors import BadInput
-from tfod.runfolder import RunFolder, read_best_checkpoint, write_json
+from tfod.runfolder import RunFolder, finite_or_none, read_best_checkpoint, write_json
 from tfod.scoring import metric
 
 OOF_CSV, CV_JSON, CV_PLOT = "oof.csv", "cv.json", "cv_scores.png"
@@ -36,11 +35,6 @@ FOLD_NAME = re.compile(r"fold(\d+)$")
 class OofError(BadInput):
     """Run folders that do not make an out-of-fold set (no best checkpoint, an image twice):
     bad input (exit 2), as the folders are what the user gave."""
-
-
-def _number(value) -> float | None:
-    """JSON has no NaN: a missing or non-finite number is null."""
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _fold_predictions(run: RunFolder) -> tuple[dict, det.BoxTable]:
@@ -67,8 +61,8 @@ def collect_oof(runs: Sequence[RunFolder]) -> tuple[dict[str, ImageBoxes], list[
         folds.append({"run": run.root.name, "run_dir": str(run.root),
                       "fold": int(match.group(1)) if match else None,
                       "best_step": best["step"], "checkpoint": best["checkpoint"],
-                      "score": _number(best.get("score")),
-                      "threshold": _number(best.get("threshold")),
+                      "score": finite_or_none(best.get("score")),
+                      "threshold": finite_or_none(best.get("threshold")),
                       "ids": list(detections)})
     return oof, folds
 
@@ -85,16 +79,16 @@ def score_oof(truth: det.BoxTable, oof: dict[str, ImageBoxes], folds: list[dict]
     for fold in folds:
         ids = fold.pop("ids")
         fold["images"] = len(ids)
-        fold["score_at_oof_threshold"] = _number(metric.competition_score(
+        fold["score_at_oof_threshold"] = finite_or_none(metric.competition_score(
             {i: truth[i] for i in ids}, {i: oof[i] for i in ids}, min_score=threshold))
     scores = [fold["score"] for fold in folds if fold["score"] is not None]
     return {
-        "oof": {"images": len(oof), "threshold": threshold, "score": _number(score),
-                "curve": {f"{t:.2f}": _number(v) for t, v in zip(metric.MIN_SCORES, curve,
+        "oof": {"images": len(oof), "threshold": threshold, "score": finite_or_none(score),
+                "curve": {f"{t:.2f}": finite_or_none(v) for t, v in zip(metric.MIN_SCORES, curve,
                                                                  strict=True)}},
         "folds": folds,
-        "fold_score_mean": _number(float(np.mean(scores))) if scores else None,
-        "fold_score_std": _number(float(np.std(scores))) if scores else None,
+        "fold_score_mean": finite_or_none(float(np.mean(scores))) if scores else None,
+        "fold_score_std": finite_or_none(float(np.std(scores))) if scores else None,
     }
 
 

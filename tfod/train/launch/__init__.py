@@ -68,7 +68,9 @@ def plan_lines(spec: LaunchSpec, launcher, backend: str, change: str | None) -> 
         lines.append("pipeline.config: identical to the run's: training resumes")
     lines.append(f"steps: {spec.num_steps}, checkpoint every {spec.settings.checkpoint_every}, "
                  f"backend {backend}, gpus {spec.gpus or 'none (CPU)'}, "
-                 f"evaluator {spec.eval_device}, max restarts {spec.max_restarts}")
+                 f"evaluator {spec.eval_device}, max restarts {spec.max_restarts}"
+                 + (f", early stopping: patience {spec.settings.patience}, min_delta "
+                    f"{spec.settings.min_delta}" if spec.settings.patience else ""))
     if backend == "docker":
         lines.append("read-only mounts: " + ", ".join(map(str, spec.read_only_inputs)))
     lines.append("commands:")
