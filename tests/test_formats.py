@@ -29,7 +29,7 @@ RSNA_SIZE = 1024
 @pytest.fixture(scope="module")
 def exported_formats(trained_run, tmp_path_factory) -> ExportFolder:  # noqa: F811
     """The best checkpoint exported by the tool in every format, with the encoded signature
-    (about 5 minutes on 2 busy cores: tf2onnx, two TFLite conversions, a second OD API
+    (2 to 5 minutes on 2 shared cores: tf2onnx, two TFLite conversions, a second OD API
     export)."""
     folder = ExportFolder(tmp_path_factory.mktemp("formats") / "exported")
     done = run_tool("export", f"--run_dir={trained_run.root}", f"--output_dir={folder.root}",
@@ -118,6 +118,16 @@ def test_predict_tool_runs_the_onnx_file_with_tta(exported_formats, tmp_path):
     table = det.read_detections(output)
     assert len(table) == 16
     assert 0 < len(table.boxes) and (table.scores <= 1).all()
+
+
+@pytest.mark.slow
+def test_a_model_file_outside_its_export_folder_is_refused(exported_formats, tmp_path):
+    moved = tmp_path / "model.onnx"
+    moved.write_bytes(exported_formats.onnx.read_bytes())
+    with pytest.raises(BadInput, match="no pipeline.config beside the model file"):
+        formats.load_model(moved)
+    with pytest.raises(BadInput, match="does not exist"):
+        formats.load_model(tmp_path / "missing.tflite")
 
 
 @pytest.mark.slow

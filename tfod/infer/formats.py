@@ -44,11 +44,6 @@ SUPPORT: dict[str, dict[str, str | None]] = {
 }
 
 
-def converts_to(family: str) -> list[str]:
-    """The formats a model family exports to."""
-    return [name for name, why in SUPPORT.get(family, {SAVEDMODEL: None}).items() if why is None]
-
-
 def check_formats(model_config, formats) -> None:
     """BadInput (one line) unless ``model_config``'s family converts to every one of
     ``formats``; the line names the reason and the families that do convert."""
@@ -57,7 +52,7 @@ def check_formats(model_config, formats) -> None:
         if name not in FORMATS:
             raise BadInput(f"--format must be among {', '.join(FORMATS)}, got {name!r}")
         why = SUPPORT.get(family, {}).get(name, "not a model family tfod knows how to convert")
-        if why is not None:
+        if name != SAVEDMODEL and why is not None:  # every family exports a SavedModel
             able = [f for f, table in SUPPORT.items() if table.get(name, "") is None]
             raise BadInput(f"cannot export {family} to {name}: {why}; {name} export supports "
                            f"{', '.join(able)} models", "--format")
