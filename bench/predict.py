@@ -8,7 +8,9 @@ repeated (linked under distinct patientIds), all in one run with the same model 
 * ``--batch_size`` images per model call (default 8),
 * one image per model call (batch size 1),
 * batched with ``tta="hflip"`` (two model calls per batch and a weighted box fusion per image),
-* and the model calls alone (preprocessed images in memory), batched and one by one.
+* and the model calls alone (preprocessed images in memory), batched and one by one;
+* then each deployment format of the same export (``--format onnx tflite``: the SavedModel,
+  ONNX Runtime, float and int8 TFLite), batched end to end and its model calls alone.
 
 Each setting runs ``--repeats`` times, alternating, and the best run counts (the cores may be
 shared). Prints images/s, the batched/single ratio (target >= 2x) and the TTA cost.
@@ -30,9 +32,10 @@ from tfod.config import pipeline as configs
 from tfod.data.convert import convert
 from tfod.data.dicom import load_image_8bit
 from tfod.infer.export import export
+from tfod.infer.formats import FORMATS, load_model
 from tfod.infer.model import ExportedModel
 from tfod.infer.predict import predict
-from tfod.runfolder import RunFolder
+from tfod.runfolder import ExportFolder, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 RSNA = REPO.parent / "shared" / "data" / "rsna"
@@ -57,7 +60,7 @@ def fresh_export(root: Path, image_size: int) -> Path:
     model.postprocess(model.predict(images, shapes), shapes)  # creates the variables
     checkpoint = tf.train.Checkpoint(model=model, step=tf.Variable(0, dtype=tf.int64))
     tf.train.CheckpointManager(checkpoint, str(run.root), max_to_keep=1).save()
-    export(run.root, "latest")
+    export(run.root, "latest", formats=FORMATS, calibration_images=16)
     return run.exported
 
 
@@ -95,6 +98,23 @@ def model_only(model: ExportedModel, batch_size: int, repeats: int) -> tuple[flo
     return batched, single
 
 
+def format_rates(export_folder: ExportFolder, folder: Path, count: int, args
+                 ) -> dict[str, tuple[float, float]]:
+    """Per format: best images/s of batched prediction end to end, and of its model calls."""
+    paths = {"savedmodel": export_folder.root, "onnx": export_folder.onnx,
+             "tflite": export_folder.tflite, "tflite_int8": export_folder.tflite_int8}
+    models = {name: load_model(path) for name, path in paths.items()}
+    for model in models.values():
+        predict(model, SAMPLE_DICOMS, progress=False, batch_size=args.batch_size)  # warm up
+    best = {name: (0.0, 0.0) for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            rate = images_per_second(model, folder, count, batch_size=args.batch_size)
+            alone = model_only(model, args.batch_size, 1)[0]
+            best[name] = (max(best[name][0], rate), max(best[name][1], alone))
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--copies", type=int, default=4, help="Times the 16 DICOMs are used.")
@@ -117,6 +137,7 @@ def main() -> None:
             for name, options in settings.items():
                 best[name] = max(best[name], images_per_second(model, folder, count, **options))
         calls = model_only(model, args.batch_size, 3 * args.repeats)
+        per_format = format_rates(ExportFolder(model.folder), folder, count, args)
     print(f"{count} DICOMs (1024x1024), SSD MobileNet v2 at {args.image_size} px, CPU, "
           f"best of {args.repeats}")
     for name, rate in best.items():
@@ -126,6 +147,12 @@ def main() -> None:
           f"{calls[0] / calls[1]:.2f}x (decoding 1024x1024 DICOMs is the rest)")
     print(f"  hflip TTA cost:          {best['batched'] / best['batched+hflip']:.2f}x the time "
           "of batched prediction")
+    print(f"  formats, batch {args.batch_size} (TFLite runs one image per call):")
+    reference_rate, reference_alone = per_format["savedmodel"]
+    for name, (rate, alone) in per_format.items():
+        print(f"    {name:<12} {rate:8.1f} images/s end to end "
+              f"({rate / reference_rate:.2f}x the SavedModel), model calls alone "
+              f"{alone:8.1f} images/s ({alone / reference_alone:.2f}x)")
 
 
 if __name__ == "__main__":

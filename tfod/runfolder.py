@@ -16,8 +16,10 @@ Layout (``RunFolder`` names every path; nothing else in tfod spells them)::
       best/ckpt-*          a copy of that checkpoint, kept when the trainer deletes old ones
       predictions/val-step{N}.csv   the evaluator's detections on the eval fold at step N
       predictions/val.csv  those of the best checkpoint (the detections CSV of tfod-evaluate)
-      exported/            tfod-export's SavedModel folder (saved_model/, pipeline.config,
-                           checkpoint/, export.json: which checkpoint, its score, versions)
+      exported/            tfod-export's folder (``ExportFolder``): saved_model/, pipeline.config,
+                           checkpoint/, export.json (which checkpoint, its score, versions,
+                           the formats written), model.onnx, model.tflite,
+                           model_int8.tflite, serving/1/ (the encoded-image SavedModel)
       train_status.json    the trainer's state and heartbeat, read by the evaluator
       stop_request.json    asks the trainer to save and stop early (written by the evaluator's
                            early stopping or by a user), with the reason
@@ -162,6 +164,51 @@ class RunFolder:
             mark = "exists" if path.exists() or list(path.parent.glob(path.name)) else "new"
             lines.append(f"  {str(path.relative_to(self.root)):<20} {mark:<7} {what}")
         return lines
+
+
+@dataclass(frozen=True)
+class ExportFolder:
+    """Paths inside one export folder (a run's ``exported/`` or ``tfod-export --output_dir``)."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+
+    @property
+    def saved_model(self) -> Path:
+        """The OD API SavedModel (``float_image_tensor`` signature)."""
+        return self.root / "saved_model"
+
+    @property
+    def pipeline_config(self) -> Path:
+        return self.root / "pipeline.config"
+
+    @property
+    def export_json(self) -> Path:
+        return self.root / "export.json"
+
+    @property
+    def onnx(self) -> Path:
+        return self.root / "model.onnx"
+
+    @property
+    def tflite(self) -> Path:
+        return self.root / "model.tflite"
+
+    @property
+    def tflite_int8(self) -> Path:
+        return self.root / "model_int8.tflite"
+
+    @property
+    def serving(self) -> Path:
+        """TF Serving's model base path; version 1 is the ``encoded_image_string_tensor``
+        SavedModel."""
+        return self.root / "serving"
+
+    @property
+    def serving_saved_model(self) -> Path:
+        return self.serving / "1"
 
 
 @contextmanager

@@ -27,7 +27,8 @@ _DETECTIONS = flags.DEFINE_multi_string(
     "detections", [], "A detections CSV (patientId,x,y,width,height,score) or a run folder "
     "(its predictions/val.csv); repeat for each model.")
 _MODELS = flags.DEFINE_multi_string(
-    "models", [], "An exported model folder or a run folder; repeat. Runs on --input.")
+    "models", [], "An exported model folder, a run folder, or a .onnx/.tflite file of an "
+    "export folder; repeat. Runs on --input.")
 _INPUT = flags.DEFINE_string(
     "input", None, "DICOM folder, text file of DICOM paths, or TFRecord glob: what --models "
     "predict, and where image sizes come from.")

@@ -190,11 +190,13 @@ def eval_glob(output_dir, fold: int) -> str:
     return str(Path(output_dir) / shard_glob(fold_prefix(fold)))
 
 
-def read_records(paths) -> list[bytes]:
-    """Every serialized record of ``paths`` (files or globs), in file order."""
+def read_records(paths, limit: int | None = None) -> list[bytes]:
+    """Every serialized record of ``paths`` (files or globs), in file order (the first
+    ``limit`` of them, with a limit)."""
     files = sorted({f for p in ([paths] if isinstance(paths, str | Path) else paths)
                     for f in tf.io.gfile.glob(str(p))})
-    return [record.numpy() for record in tf.data.TFRecordDataset(files)]
+    dataset = tf.data.TFRecordDataset(files)
+    return [record.numpy() for record in (dataset if limit is None else dataset.take(limit))]
 
 
 class ShardWriter:

@@ -22,6 +22,11 @@ in ``best/``; ``latest``; or ``ckpt-N``), applies export-time overrides to the r
   real image of the run's evaluation records) and only then moved to ``output_dir``, with
   ``export.json``: the checkpoint, its step, its ``rsna/score`` and threshold from the
   evaluator, the input size, the overrides and the versions.
+* ``formats`` (``tfod-export --format``) adds ONNX and TFLite models and ``serving_input``
+  a TF Serving SavedModel, converted in the staging folder (:mod:`tfod.infer.convert`); a
+  model family that does not convert is refused before anything is built
+  (:func:`tfod.infer.formats.check_formats`), and ``export.json``'s ``formats`` names the
+  files written.
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ import numpy as np
 
 import tfod.compat  # noqa: F401  (before object_detection)
 from tfod.errors import BadInput
+from tfod.infer.convert import DEFAULT_CALIBRATION_IMAGES, write_formats
+from tfod.infer.formats import SAVEDMODEL, SERVING_INPUTS, check_formats
 from tfod.infer.inputs import decode_encoded
 from tfod.infer.model import DETECTION_OUTPUTS, ExportedModel, fixed_input_size
 from tfod.runfolder import (
@@ -60,12 +67,18 @@ CHECKPOINT_NAME = re.compile(r"^ckpt-\d+$")
 
 
 def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequence[str] = (),
-           ) -> dict:
+           formats: Sequence[str] = (SAVEDMODEL,), serving_input: str = "float",
+           calibration_images: int = DEFAULT_CALIBRATION_IMAGES) -> dict:
     """Export ``checkpoint`` of ``run_dir`` to ``output_dir`` (default ``<run_dir>/exported``);
-    return the ``export.json`` record (also written into the export folder)."""
+    return the ``export.json`` record (also written into the export folder).
+
+    The SavedModel is always written; ``formats`` adds ONNX and TFLite models and
+    ``serving_input="encoded"`` a TF Serving SavedModel taking PNG/JPEG bytes
+    (:mod:`tfod.infer.convert`)."""
     run = RunFolder(run_dir)
     if not run.pipeline_config.is_file():
         raise BadInput("not a run folder (no pipeline.config)", run.root)
+    _check_format_options(run, formats, serving_input, calibration_images)
     pipeline = export_pipeline(run, overrides)
     chosen = resolve_checkpoint(run, checkpoint)
     output = Path(output_dir).expanduser().resolve() if output_dir else run.exported
@@ -74,9 +87,11 @@ def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequen
         staging = _fresh(output)
         try:
             with tempfile.TemporaryDirectory(prefix="tfod-export-") as folder:
-                _export_graph(pipeline, stage_checkpoint(chosen, Path(folder)), staging,
-                              overrides)
-            record = export_record(run, chosen, pipeline, overrides)
+                staged = stage_checkpoint(chosen, Path(folder))
+                _export_graph(pipeline, staged, staging, overrides)
+                converted = write_formats(pipeline, staged, staging, formats, serving_input,
+                                          calibration_images)
+            record = {**export_record(run, chosen, pipeline, overrides), **converted}
             record["smoke_test"] = smoke_test(staging, pipeline)
             write_json(staging / "export.json", record)
         except BaseException:
@@ -100,6 +115,20 @@ def _export_lock(output: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _check_format_options(run: RunFolder, formats, serving_input: str,
+                          calibration_images: int) -> None:
+    """Refuse a format the run's model family does not convert to, before any work."""
+    from tfod.config.pipeline import read_configs
+
+    if serving_input not in SERVING_INPUTS:
+        raise BadInput(f"--serving_input must be one of {', '.join(SERVING_INPUTS)}, got "
+                       f"{serving_input!r}")
+    if calibration_images < 1:
+        raise BadInput(f"--calibration_images must be at least 1, got {calibration_images}")
+    model = read_configs(run.pipeline_config)["model"]
+    check_formats(model, formats)
 
 
 def _export_graph(pipeline, checkpoint_dir: Path, staging: Path, overrides) -> None:

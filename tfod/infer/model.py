@@ -52,21 +52,30 @@ class ExportedModel:
     """A detection SavedModel exported by ``tfod-export``, loaded once and called per batch."""
 
     def __init__(self, path):
-        import tensorflow as tf
-        from object_detection.builders import image_resizer_builder
-
-        from tfod.config.pipeline import read_configs
-
         self.folder = export_folder(path)
+        self._load_detector()
+        self._load_config()
+
+    def _load_detector(self) -> None:
+        """Load the detection graph (here the SavedModel; other formats override this)."""
+        import tensorflow as tf
+
         try:
             loaded = tf.saved_model.load(str(self.folder / "saved_model"))
         except (OSError, ValueError, tf.errors.OpError) as error:
             raise BadInput(f"cannot load the SavedModel ({error})", self.folder) from error
         self._loaded = loaded  # the signature's variables live as long as this object
         self._detect, self._input_name = _detection_signature(loaded, self.folder)
+
+    def _load_config(self) -> None:
+        """The exported ``pipeline.config``: the model's input size and image resizer."""
+        from object_detection.builders import image_resizer_builder
+
+        from tfod.config.pipeline import read_configs
+
         config_path = self.folder / "pipeline.config"
         if not config_path.is_file():
-            raise BadInput("no pipeline.config beside saved_model/ (not an OD API export)",
+            raise BadInput("no pipeline.config in this export folder (not an OD API export)",
                            self.folder)
         self.model_config = read_configs(config_path)["model"]
         self.input_size = fixed_input_size(self.model_config)

@@ -33,8 +33,9 @@ from tfod import boxes as box_ops
 from tfod import detections as det
 from tfod.detections import ImageBoxes
 from tfod.errors import BadInput
+from tfod.infer.formats import load_model, model_folder
 from tfod.infer.inputs import LoadedImage, Skipped, find_inputs, load
-from tfod.infer.model import ExportedModel, export_folder
+from tfod.infer.model import ExportedModel
 from tfod.runfolder import atomic_write, json_text, read_json
 
 TTA_MODES = ("none", "hflip")
@@ -45,8 +46,10 @@ BATCHES_AHEAD = 2
 def predict(model, inputs, batch_size: int = 8, min_score: float = 0.0, tta: str = "none",
             progress: bool = True, workers: int | None = None
             ) -> tuple[dict[str, ImageBoxes], list[Skipped]]:
-    """Detections of ``model`` (an :class:`ExportedModel` or a folder for it) on ``inputs`` (a
-    DICOM folder, a text file of DICOM paths, or a TFRecord glob): ``(detections, skipped)``.
+    """Detections of ``model`` (an :class:`ExportedModel`, or a path for
+    :func:`tfod.infer.formats.load_model`: an export or run folder, a ``.onnx`` or ``.tflite``
+    file) on ``inputs`` (a DICOM folder, a text file of DICOM paths, or a TFRecord glob):
+    ``(detections, skipped)``.
 
     ``detections`` maps each readable image's patientId (in input order) to its boxes in
     pixels of its original size with scores >= ``min_score``; ``skipped`` lists the rest.
@@ -54,7 +57,7 @@ def predict(model, inputs, batch_size: int = 8, min_score: float = 0.0, tta: str
     """
     _check_options(batch_size, min_score, tta)
     found = find_inputs(str(inputs))
-    model = model if callable(model) else ExportedModel(model)
+    model = model if callable(model) else load_model(model)
     detections: dict[str, ImageBoxes] = {}
     skipped: list[Skipped] = []
     loaded = _prefetch(lambda item: _load_resized(model, item), found.items,
@@ -169,7 +172,7 @@ def _progress(total: int | None, enabled: bool):
 
 def export_threshold(model) -> float | None:
     """The evaluator's best ``rsna/threshold`` of the exported checkpoint (``export.json``)."""
-    folder = model.folder if isinstance(model, ExportedModel) else export_folder(model)
+    folder = model.folder if isinstance(model, ExportedModel) else model_folder(model)
     return (read_json(folder / "export.json", default={}) or {}).get("rsna/threshold")
 
 

@@ -1,0 +1,169 @@
+"""tfod-export --format onnx/tflite and --serving_input encoded on the session's trained run:
+each format predicts what the SavedModel predicts on the 16 sample DICOMs; the encoded serving
+SavedModel takes PNG bytes; families that do not convert are refused in one line, up front.
+
+The trained run comes from ``test_export``'s session fixture (SSD MobileNet v2 at 128 px).
+"""
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import LABELS_CSV, SAMPLE_DICOMS, one_line_error, run_tool
+from PIL import Image
+
+from tfod import detections as det
+from tfod.config import pipeline as configs
+from tfod.data.dicom import load_image_8bit
+from tfod.errors import BadInput
+from tfod.infer import export, formats
+from tfod.infer import predict as infer
+from tfod.infer.model import DETECTION_OUTPUTS, ExportedModel
+from tfod.runfolder import ExportFolder, RunFolder, read_json
+from tfod.scoring.metric import competition_score
+
+RSNA_SIZE = 1024
+
+
+@pytest.fixture(scope="module")
+def exported_formats(trained_run, tmp_path_factory) -> ExportFolder:
+    """The best checkpoint exported by the tool in every format, with the encoded signature
+    (2 to 5 minutes on 2 shared cores: tf2onnx, two TFLite conversions, a second OD API
+    export)."""
+    folder = ExportFolder(tmp_path_factory.mktemp("formats") / "exported")
+    done = run_tool("export", f"--run_dir={trained_run.root}", f"--output_dir={folder.root}",
+                    "--format=onnx", "--format=tflite", "--calibration_images=8",
+                    "--serving_input=encoded")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def predictions(exported_formats) -> dict:
+    """Each format's detections on the 16 sample DICOMs (no TTA), by format."""
+    paths = {"savedmodel": exported_formats.root, "onnx": exported_formats.onnx,
+             "tflite": exported_formats.tflite, "tflite_int8": exported_formats.tflite_int8}
+    result = {}
+    for name, path in paths.items():
+        detections, skipped = infer.predict(path, SAMPLE_DICOMS, batch_size=4, progress=False)
+        assert not skipped and len(detections) == 16
+        result[name] = detections
+    return result
+
+
+@pytest.mark.slow
+def test_export_json_records_every_format_written(exported_formats):
+    record = read_json(exported_formats.export_json)
+    assert record["formats"] == {"savedmodel": "saved_model", "onnx": "model.onnx",
+                                 "tflite": "model.tflite", "tflite_int8": "model_int8.tflite",
+                                 "serving": "serving/1"}
+    for path in (exported_formats.onnx, exported_formats.tflite, exported_formats.tflite_int8,
+                 exported_formats.serving_saved_model / "saved_model.pb"):
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert record["calibration_images"] == 8
+    # SSD MobileNet v2 scales pixels to [-1, 1]: the TFLite graph's input, done on the host
+    np.testing.assert_allclose(record["tflite_input"]["scale"], [2 / 255] * 3, rtol=1e-5)
+    np.testing.assert_allclose(record["tflite_input"]["offset"], [-1.0] * 3, atol=1e-6)
+
+
+def unmatched(expected, got, box_tolerance: float, score_tolerance: float) -> int:
+    """How many of ``expected``'s boxes have no box of ``got`` (each used once) within the
+    tolerances: a set comparison, since boxes of equal score may come in either order."""
+    free = list(range(len(got)))
+    missing = 0
+    for box, score in zip(expected.boxes, expected.scores, strict=True):
+        hits = [j for j in free if abs(got.scores[j] - score) <= score_tolerance
+                and np.abs(got.boxes[j] - box).max() <= box_tolerance]
+        if hits:
+            free.remove(hits[0])
+        else:
+            missing += 1
+    return missing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["onnx", "tflite"])
+def test_onnx_and_float_tflite_detect_what_the_savedmodel_detects(predictions, name):
+    """Every box the models return (the issue asks for those above 0.05; the tiny model's
+    scores are mostly below it, so all of them are compared, which is stricter)."""
+    reference, converted = predictions["savedmodel"], predictions[name]
+    assert list(converted) == list(reference)
+    for patient_id, expected in reference.items():
+        got = converted[patient_id]
+        assert len(got) == len(expected), patient_id
+        assert unmatched(expected, got, 1e-3 * RSNA_SIZE, 1e-3) == 0, patient_id
+    assert sum(map(len, reference.values())) > 0, "no box to compare"
+
+
+@pytest.mark.slow
+def test_int8_tflite_scores_within_005_of_the_float_model(predictions):
+    truth = det.read_labels(LABELS_CSV).subset(list(predictions["tflite"]))
+    float_score = competition_score(truth, predictions["tflite"])
+    int8_score = competition_score(truth, predictions["tflite_int8"])
+    assert abs(int8_score - float_score) <= 0.05, (float_score, int8_score)
+    # the tiny model scores near 0 either way, so also: int8 keeps the float model's best box
+    for patient_id, expected in predictions["tflite"].items():
+        got = predictions["tflite_int8"][patient_id]
+        assert len(got) > 0
+        np.testing.assert_allclose(got.scores[0], expected.scores[0], atol=0.02)
+
+
+@pytest.mark.slow
+def test_predict_tool_runs_the_onnx_file_with_tta(exported_formats, tmp_path):
+    output = tmp_path / "onnx.csv"
+    done = run_tool("predict", f"--model={exported_formats.onnx}", f"--input={SAMPLE_DICOMS}",
+                    f"--output={output}", "--tta=hflip", "--progress=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = det.read_detections(output)
+    assert len(table) == 16
+    assert 0 < len(table.boxes) and (table.scores <= 1).all()
+
+
+@pytest.mark.slow
+def test_a_model_file_outside_its_export_folder_is_refused(exported_formats, tmp_path):
+    moved = tmp_path / "model.onnx"
+    moved.write_bytes(exported_formats.onnx.read_bytes())
+    with pytest.raises(BadInput, match="no pipeline.config beside the model file"):
+        formats.load_model(moved)
+    with pytest.raises(BadInput, match="does not exist"):
+        formats.load_model(tmp_path / "missing.tflite")
+
+
+@pytest.mark.slow
+def test_encoded_serving_signature_takes_png_bytes(exported_formats):
+    image = load_image_8bit(sorted(SAMPLE_DICOMS.glob("*.dcm"))[0])
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    serving = tf.saved_model.load(str(exported_formats.serving_saved_model))
+    signature = serving.signatures["serving_default"]
+    (input_name, spec), = signature.structured_input_signature[1].items()
+    assert spec.dtype == tf.string
+    outputs = signature(**{input_name: tf.constant([png.getvalue()])})
+    assert all(name in outputs for name in DETECTION_OUTPUTS)
+    model = ExportedModel(exported_formats.root)
+    expected = model.raw(model.resize(image)[np.newaxis])
+    count = int(expected["num_detections"][0])
+    assert count > 0
+    np.testing.assert_allclose(outputs["detection_scores"].numpy()[0, :count],
+                               expected["detection_scores"][0, :count], atol=1e-4)
+    np.testing.assert_allclose(outputs["detection_boxes"].numpy()[0, :count],
+                               expected["detection_boxes"][0, :count], atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["faster_rcnn_resnet50", "centernet_resnet50_fpn"])
+@pytest.mark.parametrize("name", ["onnx", "tflite"])
+def test_families_that_do_not_convert_are_refused_before_any_work(model, name,
+                                                                    converted_sample, tmp_path):
+    run = RunFolder(tmp_path / "run").create()  # a config, no checkpoint: nothing to build
+    configs.build_config(model, converted_sample, 0, run.pipeline_config, image_size=128)
+    with pytest.raises(BadInput, match=f"cannot export .* to {name}: .*supports ssd models"):
+        export.export(run.root, "latest", formats=[formats.SAVEDMODEL, name])
+    assert not run.exported.exists()
+
+
+def test_refusal_is_one_line_from_the_tool(converted_sample, tmp_path):
+    run = RunFolder(tmp_path / "run").create()
+    configs.build_config("faster_rcnn_resnet50", converted_sample, 0, run.pipeline_config,
+                         image_size=128)
+    line = one_line_error(run_tool("export", f"--run_dir={run.root}", "--format=onnx"))
+    assert "--format: cannot export faster_rcnn to onnx: tf2onnx" in line
