@@ -38,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 
 from tfod.errors import BadInput, RunFailed
-from tfod.runfolder import atomic_write
+from tfod.runfolder import RunFolder, atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_RSNA = REPO.parent / "shared" / "data" / "rsna"
@@ -232,7 +232,7 @@ def train_stage(plan: DemoPlan, runner: StageRunner, detector: Detector):
 def export_stage(plan: DemoPlan, runner: StageRunner, detector: Detector):
     run_dir = plan.run_dir(detector)
     runner.run(f"export {detector.name}'s best checkpoint", "tfod-export",
-               [f"--run_dir={run_dir}", "--checkpoint=best"], export=run_dir / "exported")
+               [f"--run_dir={run_dir}", "--checkpoint=best"], export=RunFolder(run_dir).exported)
 
 
 def predict_stage(plan: DemoPlan, runner: StageRunner, detector: Detector):

@@ -125,7 +125,7 @@ class RunFolder:
 
     @property
     def export_json(self) -> Path:
-        return self.exported / "export.json"
+        return ExportFolder(self.exported).export_json
 
     @property
     def metrics(self) -> Path:

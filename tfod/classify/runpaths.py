@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tfod import runfolder
 from tfod.errors import BadInput
-from tfod.runfolder import RunFolder
+from tfod.runfolder import ExportFolder, RunFolder
 
 CONFIG_NAME = "classifier.json"
 
@@ -20,7 +20,7 @@ def config_path(run: RunFolder) -> Path:
 
 
 def saved_model_path(run: RunFolder) -> Path:
-    return run.root / "exported" / "saved_model"
+    return ExportFolder(run.exported).saved_model
 
 
 def best_weights(run: RunFolder) -> Path:

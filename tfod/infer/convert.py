@@ -92,7 +92,7 @@ def to_tflite(pipeline, checkpoint_dir: Path, folder: ExportFolder, calibration_
     with tempfile.TemporaryDirectory(prefix=".tflite-graph-", dir=folder.root) as graph:
         export_tflite_graph_lib_tf2.export_tflite_model(
             pipeline, str(checkpoint_dir), graph, nms.max_total_detections, False)
-        saved_model = str(Path(graph) / "saved_model")
+        saved_model = str(ExportFolder(graph).saved_model)  # the OD API's layout there too
         folder.tflite.write_bytes(tf.lite.TFLiteConverter.from_saved_model(saved_model).convert())
         images = calibration_set(pipeline, folder, calibration_images, scaling)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
@@ -148,5 +148,5 @@ def export_encoded(pipeline, checkpoint_dir: Path, folder: ExportFolder) -> Path
         exporter_lib_v2.export_inference_graph(ENCODED_INPUT_TYPE, pipeline,
                                                str(checkpoint_dir), staging)
         folder.serving.mkdir()
-        shutil.move(str(Path(staging) / "saved_model"), folder.serving_saved_model)
+        shutil.move(str(ExportFolder(staging).saved_model), folder.serving_saved_model)
     return folder.serving_saved_model

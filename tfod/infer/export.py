@@ -50,6 +50,7 @@ from tfod.infer.inputs import decode_encoded
 from tfod.infer.model import DETECTION_OUTPUTS, ExportedModel, fixed_input_size
 from tfod.runfolder import (
     Checkpoint,
+    ExportFolder,
     LockHeld,
     PidLock,
     RunFolder,
@@ -93,7 +94,7 @@ def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequen
                                           calibration_images)
             record = {**export_record(run, chosen, pipeline, overrides), **converted}
             record["smoke_test"] = smoke_test(staging, pipeline)
-            write_json(staging / "export.json", record)
+            write_json(ExportFolder(staging).export_json, record)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves nothing behind
             raise
@@ -284,7 +285,8 @@ def _fresh(output: Path) -> Path:
 def _check_replaceable(output: Path) -> None:
     """An export replaces an earlier export or an empty folder, never another kind of folder."""
     if output.is_dir() and any(output.iterdir()):
-        if not ((output / "export.json").is_file() or (output / "saved_model").is_dir()):
+        export = ExportFolder(output)
+        if not (export.export_json.is_file() or export.saved_model.is_dir()):
             raise BadInput("exists and is not an export folder: not replacing it", output)
     elif output.exists() and not output.is_dir():
         raise BadInput("exists and is not a folder", output)

@@ -22,7 +22,7 @@ import numpy as np
 
 import tfod.compat  # noqa: F401  (before object_detection)
 from tfod.errors import BadInput
-from tfod.runfolder import RunFolder
+from tfod.runfolder import ExportFolder, RunFolder
 
 DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 SIGNATURE = "serving_default"
@@ -34,7 +34,7 @@ def export_folder(path) -> Path:
     if not path.exists():
         raise BadInput("does not exist", path)
     for folder in (path, RunFolder(path).exported):
-        if (folder / "saved_model" / "saved_model.pb").is_file():
+        if (ExportFolder(folder).saved_model / "saved_model.pb").is_file():
             return folder
     raise BadInput("not an exported detector (no saved_model/saved_model.pb here or in "
                    "exported/): export one with tfod-export", path)
@@ -61,7 +61,7 @@ class ExportedModel:
         import tensorflow as tf
 
         try:
-            loaded = tf.saved_model.load(str(self.folder / "saved_model"))
+            loaded = tf.saved_model.load(str(ExportFolder(self.folder).saved_model))
         except (OSError, ValueError, tf.errors.OpError) as error:
             raise BadInput(f"cannot load the SavedModel ({error})", self.folder) from error
         self._loaded = loaded  # the signature's variables live as long as this object
@@ -73,7 +73,7 @@ class ExportedModel:
 
         from tfod.config.pipeline import read_configs
 
-        config_path = self.folder / "pipeline.config"
+        config_path = ExportFolder(self.folder).pipeline_config
         if not config_path.is_file():
             raise BadInput("no pipeline.config in this export folder (not an OD API export)",
                            self.folder)

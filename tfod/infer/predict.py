@@ -36,7 +36,7 @@ from tfod.errors import BadInput
 from tfod.infer.formats import load_model, model_folder
 from tfod.infer.inputs import LoadedImage, Skipped, find_inputs, load
 from tfod.infer.model import ExportedModel
-from tfod.runfolder import atomic_write, json_text, read_json
+from tfod.runfolder import ExportFolder, atomic_write, json_text, read_json
 
 TTA_MODES = ("none", "hflip")
 TTA_IOU = 0.55  # weighted box fusion: boxes overlapping more than this are one object
@@ -173,7 +173,7 @@ def _progress(total: int | None, enabled: bool):
 def export_threshold(model) -> float | None:
     """The evaluator's best ``rsna/threshold`` of the exported checkpoint (``export.json``)."""
     folder = model.folder if isinstance(model, ExportedModel) else model_folder(model)
-    return (read_json(folder / "export.json", default={}) or {}).get("rsna/threshold")
+    return (read_json(ExportFolder(folder).export_json, default={}) or {}).get("rsna/threshold")
 
 
 def skipped_path(output) -> Path:
