@@ -56,9 +56,9 @@ def saved_model_holds(saved_model: Path, checkpoint: Path) -> bool:
 def test_best_latest_and_named_exports_hold_their_checkpoints_weights(
         trained_run, exported_best, exported_latest, tmp_path):
     best = read_json(trained_run.best_checkpoint)
-    latest = export.resolve_checkpoint(trained_run, "latest")
+    latest = export.pick_checkpoint(trained_run, "latest")
     assert latest.step == TRAINED_STEPS
-    named = next(export.resolve_checkpoint(trained_run, name)
+    named = next(export.pick_checkpoint(trained_run, name)
                  for name in ("ckpt-2", "ckpt-3") if name not in (best["checkpoint"], latest.name))
     assert len({best["checkpoint"], latest.name, named.name}) == 3
     record = export.export(trained_run.root, named.name, tmp_path / named.name)

@@ -113,22 +113,23 @@ def _row_problem(fields: dict[str, str]) -> str:
     """Why a row cannot be used, or '' when it can."""
     if not fields["patientId"]:
         return "empty patientId"
-    target = _number(fields["Target"])
+    target = _float_or_nan(fields["Target"])
     if target not in (0, 1):
         return f"Target must be 0 or 1, got {fields['Target']!r}"
     if target == 0:
         filled = {name: fields[name] for name in BOX_COLUMNS if fields[name]}
         return f"Target 0 row has box values {filled}; a negative row has none" if filled else ""
     for name in BOX_COLUMNS:
-        if not math.isfinite(_number(fields[name])):
+        if not math.isfinite(_float_or_nan(fields[name])):
             return f"Target 1 row has a missing or non-numeric {name} ({fields[name]!r})"
     for name in ("width", "height"):
-        if _number(fields[name]) <= 0:
-            return f"box {name} must be positive, got {_number(fields[name]):g}"
+        if _float_or_nan(fields[name]) <= 0:
+            return f"box {name} must be positive, got {_float_or_nan(fields[name]):g}"
     return ""
 
 
-def _number(text: str) -> float:
+def _float_or_nan(text: str) -> float:
+    """A row's field for the checks above: its number, NaN when it is none (a reason follows)."""
     try:
         return float(text)
     except ValueError:
@@ -136,6 +137,6 @@ def _number(text: str) -> float:
 
 
 def _accepted(line: int, fields: dict[str, str]) -> LabelRow:
-    target = int(_number(fields["Target"]))
+    target = int(_float_or_nan(fields["Target"]))
     box = tuple(float(fields[name]) for name in BOX_COLUMNS) if target == 1 else None
     return LabelRow(line, fields["patientId"], target, box)

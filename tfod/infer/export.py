@@ -81,7 +81,7 @@ def export(run_dir, checkpoint: str = "best", output_dir=None, overrides: Sequen
         raise BadInput("not a run folder (no pipeline.config)", run.root)
     _check_format_options(run, formats, serving_input, calibration_images)
     pipeline = export_pipeline(run, overrides)
-    chosen = resolve_checkpoint(run, checkpoint)
+    chosen = pick_checkpoint(run, checkpoint)
     output = Path(output_dir).expanduser().resolve() if output_dir else run.exported
     with _export_lock(output):
         _check_replaceable(output)
@@ -146,7 +146,7 @@ def _export_graph(pipeline, checkpoint_dir: Path, staging: Path, overrides) -> N
                        "--config_override") from error
 
 
-def resolve_checkpoint(run: RunFolder, which: str) -> Checkpoint:
+def pick_checkpoint(run: RunFolder, which: str) -> Checkpoint:
     """``best``, ``latest`` or ``ckpt-N`` of ``run`` -> the checkpoint, which holds weights."""
     checkpoint = _find_checkpoint(run, which)
     if not any(name.startswith("model/") for name in checkpoint_variables(checkpoint.path,

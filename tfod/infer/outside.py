@@ -20,13 +20,13 @@ The image-level classifier's ``patientId,probability`` CSV (for gating) is read 
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from tfod import boxes as box_ops
+from tfod import detections as det
 from tfod.detections import BoxTable, read_table
 from tfod.errors import BadInput
 
@@ -38,18 +38,8 @@ BOX_FORMATS = {
 DARKNET_OFFSET = 1.0  # Darknet's VOC writer adds 1 to every corner
 
 
-def _number(text: str, name: str, path, row: int) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadInput(f"{name} {text!r} is not a number", path, row) from None
-    if not math.isfinite(value):
-        raise BadInput(f"{name} {text!r} is not finite", path, row)
-    return value
-
-
 def _score(text: str, path, row: int) -> float:
-    score = _number(text, "score", path, row)
+    score = det.parse_number(path, row, "score", text)
     if not 0.0 <= score <= 1.0:
         raise BadInput(f"score {score} is outside [0, 1]", path, row)
     return score
@@ -95,7 +85,7 @@ def read_darknet(path) -> BoxTable:
             raise BadInput(f"{len(fields)} fields, expected 6: image_id score x1 y1 x2 y2",
                            path, row)
         patient_id = fields[0]
-        corners = [_number(t, n, path, row) - DARKNET_OFFSET
+        corners = [det.parse_number(path, row, n, t) - DARKNET_OFFSET
                    for t, n in zip(fields[2:], ("x1", "y1", "x2", "y2"), strict=True)]
         image.append(index.setdefault(patient_id, len(index)))
         boxes.append(corners)
@@ -148,7 +138,7 @@ def read_mapped_csv(path, columns: Mapping[str, str] | None = None, box_format: 
         if not any([score, *box]):
             continue
         names = BOX_FORMATS[box_format]
-        boxes.append([_number(t, n, path, row) for t, n in zip(box, names, strict=True)])
+        boxes.append([det.parse_number(path, row, n, t) for t, n in zip(box, names, strict=True)])
         scores.append(_score(score, path, row))
         image.append(i)
         numbers.append(row)
@@ -181,7 +171,7 @@ def read_probabilities(path) -> dict[str, float]:
         patient_id = patient_id.strip()
         if not patient_id or patient_id in probabilities:
             raise BadInput(f"patientId {patient_id!r} is empty or listed twice", path, row)
-        value = _number(text, "probability", path, row)
+        value = det.parse_number(path, row, "probability", text)
         if not 0.0 <= value <= 1.0:
             raise BadInput(f"probability {value} is outside [0, 1]", path, row)
         probabilities[patient_id] = value
