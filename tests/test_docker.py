@@ -114,8 +114,9 @@ def event_tags(folder: Path) -> set[str]:
 def test_doctor_in_the_image_reports_the_pinned_stack(image):
     done = docker("run", "--rm", "--user", "1234:1234", image, "tfod-doctor", timeout=300)
     report = done.stdout
-    pins = dict(line.split("==") for line in (REPO / "requirements" / "runtime.txt")
-                .read_text().splitlines() if "==" in line and not line.startswith("#"))
+    pins = dict(line.split("#")[0].strip().split("==") for line in
+                (REPO / "requirements" / "runtime.txt").read_text().splitlines()
+                if "==" in line.split("#")[0])
     for label, package in [("tensorflow", "tensorflow"), ("numpy", "numpy"),
                            ("protobuf", "protobuf"), ("pydicom", "pydicom"),
                            ("pycocotools", "pycocotools")]:
