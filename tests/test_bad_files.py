@@ -160,7 +160,7 @@ def test_a_damaged_checkpoint_is_named_as_the_runs_own_file(trained_run, tmp_pat
     line = one_line_error(done)
     assert f"{run.best_dir / name}{damaged_file}: damaged checkpoint {name}" in line
     assert "tfod-export-" not in done.stderr  # never the temporary link of the export
-    assert not run.exported.exists() and not list(run.root.glob(".exported*"))
+    assert not run.exported.exists() and not list(run.root.glob(".exported.incoming*"))
 
 
 def test_classifier_weights_that_are_not_hdf5_are_refused_before_the_run_folder(

@@ -15,6 +15,7 @@ from PIL import Image
 from tfod import detections as det
 from tfod.config import pipeline as configs
 from tfod.data.dicom import load_image_8bit
+from tfod.detections import ImageBoxes
 from tfod.errors import BadInput
 from tfod.infer import export, formats
 from tfod.infer import predict as infer
@@ -84,15 +85,23 @@ def unmatched(expected, got, box_tolerance: float, score_tolerance: float) -> in
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["onnx", "tflite"])
 def test_onnx_and_float_tflite_detect_what_the_savedmodel_detects(predictions, name):
-    """Every box the models return (the issue asks for those above 0.05; the tiny model's
-    scores are mostly below it, so all of them are compared, which is stricter)."""
+    """Every box clear of the cut-off (the issue asks for those above 0.05; the tiny model's
+    scores are mostly below it, so every box scoring 1e-4 above the lowest one kept is
+    compared, both ways: at the cut-off itself, the max-detections limit may keep either of two
+    boxes whose scores differ by float noise, about 1e-7)."""
     reference, converted = predictions["savedmodel"], predictions[name]
     assert list(converted) == list(reference)
+    compared = 0
     for patient_id, expected in reference.items():
         got = converted[patient_id]
-        assert len(got) == len(expected), patient_id
-        assert unmatched(expected, got, 1e-3 * RSNA_SIZE, 1e-3) == 0, patient_id
-    assert sum(map(len, reference.values())) > 0, "no box to compare"
+        floor = min(expected.scores.min(initial=1.0), got.scores.min(initial=1.0)) + 1e-4
+        clear = [ImageBoxes(b.boxes[b.scores > floor], b.scores[b.scores > floor])
+                 for b in (expected, got)]
+        assert len(clear[0]) == len(clear[1]), patient_id
+        assert unmatched(clear[0], got, 1e-3 * RSNA_SIZE, 1e-3) == 0, patient_id
+        assert unmatched(clear[1], expected, 1e-3 * RSNA_SIZE, 1e-3) == 0, patient_id
+        compared += len(clear[0])
+    assert compared > 0, "no box to compare"
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ the tests, load; a run with moving averages trains and is scored on its averages
 """
 import ast
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tfod.runfolder import RunFolder, latest_checkpoint
 from tfod.train import inputs as pipeline
 from tfod.train import odapi, trainer
 from tfod.train.evaluator import CheckpointScorer
+from tfod.train.settings import TrainSettings
 
 # isort: split
 from object_detection.builders import model_builder
@@ -230,8 +232,9 @@ def test_trainer_fine_tunes_with_moving_averages_that_the_evaluator_swaps_in(
         image_size=SIZE, batch_size=2, num_steps=2, fine_tune_checkpoint=prefix,
         overrides=["train_config.optimizer.use_moving_average=true",
                    "eval_config.use_moving_averages=true"])
-    assert trainer.train(config, tmp_path / "run", checkpoint_every=2) == 2
-    run = RunFolder(tmp_path / "run")
+    run = RunFolder(tmp_path / "run").create()
+    shutil.copyfile(config, run.pipeline_config)
+    assert trainer.train(run.root, TrainSettings(num_steps=2, checkpoint_every=2)) == 2
     scorer = CheckpointScorer(config, run)
     metrics = scorer.score(latest_checkpoint(run.root))
     assert int(scorer.global_step.numpy()) == 2 and 0.0 <= metrics["rsna/score"] <= 1.0

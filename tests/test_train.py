@@ -189,7 +189,7 @@ def test_the_runs_own_config_resumes_it_as_it_was(interrupted_run):
     plan = "\n".join(lines)
     assert f"run folder {run.root} (exists: resuming)" in plan  # the default --run_dir
     assert "identical to the run's: training resumes" in plan
-    assert f"--num_steps {NUM_STEPS}" in plan
+    assert f"steps: {NUM_STEPS}, checkpoint every" in plan  # the run's config's steps
 
 
 @pytest.mark.slow
