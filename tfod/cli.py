@@ -214,6 +214,12 @@ class _LogFile(logging.FileHandler):
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
         return super()._open()
 
+    def emit(self, record) -> None:
+        try:
+            super().emit(record)
+        except OSError:  # opening the file (logging only guards the write): dropped, not raised
+            self.handleError(record)
+
     def handleError(self, record) -> None:
         logging.getLogger().removeHandler(self)
         print(f"{tool_name()}: cannot write the log file {self.baseFilename}", file=sys.stderr)
@@ -222,7 +228,7 @@ class _LogFile(logging.FileHandler):
 def log_file() -> Path:
     """A tool's log file: ``<run_dir>/logs/<tool>.log`` for a tool given an existing
     ``--run_dir``, else ``<output>.log`` beside its ``--output`` file or ``--output_dir``
-    folder when that folder's parent exists, else ``<tmp>/<tool>.log``: a log never creates a
+    folder when that folder's parent exists, else ``<tmp>/<tool>-<uid>.log``: a log never creates a
     folder the tool was not yet sure to make, and a ``--dry_run`` writes nothing beside its
     outputs. Appended to by each run."""
     name = Path(tool_name()).stem
@@ -235,7 +241,7 @@ def log_file() -> Path:
         if given.get(key) and Path(given[key]).expanduser().absolute().parent.is_dir():
             path = Path(given[key]).expanduser()
             return path.with_name(path.name + ".log")
-    return Path(tempfile.gettempdir()) / f"{name}.log"
+    return Path(tempfile.gettempdir()) / f"{name}-{os.getuid()}.log"  # each user's own
 
 
 def logged(main: Callable[[list[str]], int | None]) -> Callable[[list[str]], int | None]:
