@@ -33,6 +33,7 @@ import numpy as np
 import tfod.compat  # noqa: F401  (before object_detection)
 from tfod import boxes as box_ops
 from tfod import detections as det
+from tfod.config.pipeline import read_configs
 from tfod.data.records import ORIGINAL_HEIGHT_KEY, ORIGINAL_WIDTH_KEY
 from tfod.detections import ImageBoxes
 from tfod.progress import format_duration
@@ -47,7 +48,7 @@ from tfod.runfolder import (
 )
 from tfod.scoring import metric as score
 from tfod.train import early_stop
-from tfod.train.odapi import TrainError, build_variables, losses_and_predictions, read_configs
+from tfod.train.odapi import TrainError, build_variables, losses_and_predictions
 from tfod.train.settings import TrainSettings
 
 log = logging.getLogger("tfod.train")

@@ -12,7 +12,6 @@ fine-tune checkpoint and the eval dict are ours, written from the model's own pu
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import tfod.compat  # noqa: F401  (before object_detection)
 
@@ -21,16 +20,6 @@ LOSS_KEY = "Loss/total_loss"
 
 class TrainError(RuntimeError):
     """A training or evaluation run that cannot start or go on."""
-
-
-def read_configs(pipeline_config) -> dict:
-    """The pipeline config as ``config_util``'s dict of protos."""
-    from tfod.config.pipeline import read_configs as read_pipeline
-
-    path = Path(pipeline_config)
-    if not path.is_file():
-        raise TrainError(f"pipeline config {path} does not exist")
-    return read_pipeline(path)
 
 
 # Label fields of the input pipeline -> the argument of ``DetectionModel.provide_groundtruth``

@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 
 import tfod.compat  # noqa: F401  (before object_detection)
+from tfod.config.pipeline import read_configs
 from tfod.runfolder import FINISHED, RunFolder, latest_checkpoint, read_stop_request, write_status
 from tfod.train import hooks as train_hooks
 from tfod.train.odapi import (
@@ -40,7 +41,6 @@ from tfod.train.odapi import (
     TrainError,
     build_variables,
     load_fine_tune_checkpoint,
-    read_configs,
     sum_over_replicas,
     train_step,
 )
