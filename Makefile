@@ -2,21 +2,31 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
+# The stack for $(PYTHON) (tfod/stack.py, run as a plain script before anything is installed):
+# its pins are in requirements/$(STACK)/. Empty for a Python no stack supports.
+STACK := $(shell $(PYTHON) tfod/stack.py 2>/dev/null)
+PRINT_VERSION := -c 'import sys; print("%d.%d" % sys.version_info[:2])'
+PYTHON_VERSION := $(shell $(PYTHON) $(PRINT_VERSION) 2>/dev/null)
+STAMP := $(VENV)/.installed-python$(PYTHON_VERSION)
 
-.PHONY: venv demo test test-fast test-all bench bench-full lint doctor image clean
+.PHONY: venv demo test test-fast test-stack test-all bench bench-full lint doctor image clean
 
 venv: $(STAMP)
 
 # Two phases: the pinned stack, then the OD API and TF Model Garden without their declared deps.
-$(STAMP): requirements/runtime.txt requirements/nodeps.txt requirements/dev.txt setup.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -r requirements/runtime.txt -r requirements/dev.txt
-	$(PIP) install -q --no-deps -r requirements/nodeps.txt
+# An unsupported Python stops at the first line, naming the supported ones; a .venv made by
+# another Python is made again.
+$(STAMP): $(wildcard requirements/$(STACK)/*.txt) requirements/dev.txt setup.py
+	@$(PYTHON) tfod/stack.py >/dev/null
+	test -x $(BIN)/python && test "$$($(BIN)/python $(PRINT_VERSION))" = "$(PYTHON_VERSION)" \
+		|| { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(PIP) install -q -r requirements/$(STACK)/runtime.txt -r requirements/dev.txt
+	$(PIP) install -q --no-deps -r requirements/$(STACK)/nodeps.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(BIN)/tfod-doctor --quiet
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 demo: venv

@@ -1,15 +1,18 @@
 """tfod: RSNA pneumonia detection on the TensorFlow 2 Object Detection API."""
 
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE / "tfod"))
+# tfod/stack.py is pure Python: it picks the pins before anything is installed.
+from stack import read_pins, stack_for_python  # noqa: E402
 
 
-def read_requirements(name):
-    lines = (HERE / "requirements" / name).read_text().splitlines()
-    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+def requirements(relative_path):
+    return [f"{name}=={version}" for name, version in read_pins(HERE / relative_path).items()]
 
 
 CONSOLE_SCRIPTS = {
@@ -29,11 +32,11 @@ setup(
     name="tfod",
     version="0.1.0",
     description=__doc__,
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.10,<3.14",
     packages=find_packages(include=["tfod", "tfod.*", "tools"]),
     include_package_data=True,
-    install_requires=read_requirements("runtime.txt"),
-    extras_require={"dev": read_requirements("dev.txt")},
+    install_requires=requirements(stack_for_python().requirements),
+    extras_require={"dev": requirements("requirements/dev.txt")},
     entry_points={
         "console_scripts": [f"{name}={module}:run" for name, module in CONSOLE_SCRIPTS.items()]
     },

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tfod import stack
 from tfod.runfolder import RunFolder, list_checkpoints, read_status
 from tfod.train.launch.common import TRAIN, LaunchSpec
 from tfod.train.launch.docker import container_name
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.docker]
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "tfod:latest"
 FAKE_IMAGE = "tfod-test:fake-trainer"
+IMAGE_STACK = stack.stack_for_python((3, 11))  # the local bookworm base's Python
 NUM_STEPS, CHECKPOINT_EVERY = 40, 20
 
 # Replaces `python -m tfod.train` in a test image: counts its starts in the run folder and
@@ -114,9 +116,7 @@ def event_tags(folder: Path) -> set[str]:
 def test_doctor_in_the_image_reports_the_pinned_stack(image):
     done = docker("run", "--rm", "--user", "1234:1234", image, "tfod-doctor", timeout=300)
     report = done.stdout
-    pins = dict(line.split("#")[0].strip().split("==") for line in
-                (REPO / "requirements" / "runtime.txt").read_text().splitlines()
-                if "==" in line.split("#")[0])
+    pins = stack.read_pins(REPO / IMAGE_STACK.requirements)
     for label, package in [("tensorflow", "tensorflow"), ("numpy", "numpy"),
                            ("protobuf", "protobuf"), ("pydicom", "pydicom"),
                            ("pycocotools", "pycocotools")]:

@@ -15,8 +15,9 @@ Fixes, and why:
   OD API's ``visualization_utils`` (eval images in TensorBoard) calls ``font.getsize``,
   removed in Pillow 10. We put it back, computed from ``getbbox``.
 * TensorFlow >= 2.16 ships Keras 3, which the OD API cannot use: importing this module
-  refuses it (:func:`tfod.stack.check_tensorflow`) with a clear message instead of a failure
-  deep inside model building.
+  refuses TensorFlow 2.16+ unless tf-keras is behind ``tf.keras``
+  (:func:`tfod.stack.check_tensorflow`), with a clear message instead of a failure deep
+  inside model building.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def apply() -> None:
     """Check the TensorFlow version and apply every fix (idempotent)."""
     import tensorflow as tf
 
-    check_tensorflow(tf.__version__)
+    check_tensorflow(tf)
     _fix_control_flow_ops()
     _fix_numpy_aliases()
     _fix_pillow_getsize()

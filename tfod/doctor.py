@@ -46,12 +46,27 @@ def _shadowing_checks() -> list[Check]:
     ]
 
 
+def _pin_checks(chosen: stack.Stack) -> list[Check]:
+    """Each pin of the stack's runtime.txt against what is installed (one line for all good)."""
+    try:
+        pins = stack.read_pins(stack.REPO / chosen.requirements)
+    except stack.StackError as error:
+        return [Check("pins", str(error), ok=False)]
+    wrong = [f"{name} {_distribution(name)} (pinned {version})"
+             for name, version in pins.items() if _distribution(name) != version]
+    if wrong:
+        return [Check("pins", "; ".join(wrong), ok=False)]
+    return [Check("pins", f"all {len(pins)} of {chosen.requirements} installed")]
+
+
 def _package_checks() -> list[Check]:
-    checks = [
-        Check(
-            "python", platform.python_version(), platform.python_version_tuple()[:2] == ("3", "11")
-        )
-    ]
+    try:
+        chosen = stack.stack_for_python()
+    except stack.StackError as error:
+        return [Check("python", str(error), ok=False)]
+    checks = [Check("python", platform.python_version()),
+              Check("stack", f"{chosen.name}: Python {chosen}")]
+    checks += _pin_checks(chosen)
     for label, module in [
         ("numpy", "numpy"),
         ("protobuf", "google.protobuf"),
@@ -98,11 +113,12 @@ def _stack_checks() -> list[Check]:
         return [Check("tensorflow", f"missing ({error})", ok=False)]
     checks = [Check("tensorflow", tf.__version__)]
     try:
-        stack.check_tensorflow(tf.__version__)
+        stack.check_tensorflow(tf)
     except stack.StackError as error:
         checks[0].ok = False
-        checks.append(Check("stack", str(error), ok=False))
+        checks.append(Check("keras", str(error), ok=False))
         return checks
+    checks.append(Check("tf.keras", "%s %s" % stack.keras_in_use(tf)))
     from tfod import compat
 
     for fix, active in compat.fixes_in_effect().items():
