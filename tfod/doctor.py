@@ -118,7 +118,8 @@ def _stack_checks() -> list[Check]:
         checks[0].ok = False
         checks.append(Check("keras", str(error), ok=False))
         return checks
-    checks.append(Check("tf.keras", "%s %s" % stack.keras_in_use(tf)))
+    package, version = stack.keras_in_use(tf)
+    checks.append(Check("tf.keras", f"{package} {version}"))
     from tfod import compat
 
     for fix, active in compat.fixes_in_effect().items():
