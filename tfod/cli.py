@@ -16,7 +16,8 @@ float flag, so a bad number stops a tool at parse time, naming the flag.
 Quiet by default: a tool prints tfod's own lines (and every ERROR); TensorFlow's, absl's and
 the OD API's INFO and WARNING lines, Python warnings included, go to the tool's log file
 (:func:`log_file`), and show on the console too with ``--verbose``. TensorFlow's C++ logging
-is set before TensorFlow starts (``TF_CPP_MIN_LOG_LEVEL`` at least 2 unless ``--verbose``), so
+is set before TensorFlow starts (``TF_CPP_MIN_LOG_LEVEL`` at least 2 unless ``--verbose``), and
+what it writes to file descriptor 2 anyway goes to the log file (:class:`_NativeStderr`), so
 this module must be imported before TensorFlow: each ``tools/`` script imports it first.
 
 Flag groups used by several tools are defined here once, as functions a tool calls at import
@@ -253,6 +254,7 @@ def logged(main: Callable[[list[str]], int | None]) -> Callable[[list[str]], int
         root.setLevel(logging.INFO)  # absl set it from --verbosity when it parsed the flags
         handler = _LogFile(log_file())
         root.addHandler(handler)
+        _NATIVE_STDERR.into(log_file())
         _filter_consoles()
         if _EARLY is not None:
             _EARLY.setTarget(handler)
@@ -267,6 +269,58 @@ def logged(main: Callable[[list[str]], int | None]) -> Callable[[list[str]], int
     return with_log
 
 
+class _NativeStderr:
+    """File descriptor 2 of a quiet tool, where TensorFlow's C++ code logs: TensorFlow 2.21
+    writes its lines from before ``absl::InitializeLog`` there whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says. :meth:`divert` points it at an unnamed file until the log
+    file is known, then :meth:`into` appends what it held to the log file and points it there.
+    Python's ``sys.stderr`` (tfod's lines, progress bars, errors) keeps the console, and so do
+    the tools a tool starts with ``stderr=sys.stderr``."""
+
+    def __init__(self):
+        self._held = None
+
+    def divert(self) -> None:
+        try:
+            console = os.dup(2)
+        except OSError:  # no descriptor 2: nothing to keep quiet
+            return
+        sys.stderr.flush()
+        old = sys.stderr
+        sys.stderr = open(console, "w", buffering=1, encoding=old.encoding,  # noqa: SIM115
+                          errors="backslashreplace")
+        for handler in _stream_handlers():
+            if handler.stream is old:
+                handler.setStream(sys.stderr)
+        self._held = tempfile.TemporaryFile()
+        os.dup2(self._held.fileno(), 2)
+
+    def into(self, path: Path) -> None:
+        if self._held is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:  # the log file's own handler says so; the held lines stay held
+            return
+        self._held.seek(0)
+        os.write(log, self._held.read())
+        os.dup2(log, 2)
+        os.close(log)
+        self._held.close()
+        self._held = None
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    loggers = (logging.getLogger(), logging.getLogger("tensorflow"), logging.getLogger("absl"))
+    handlers = [handler for logger in loggers for handler in logger.handlers]
+    handlers.append(absl_logging.get_absl_handler().python_handler)
+    return [handler for handler in handlers if isinstance(handler, logging.StreamHandler)]
+
+
+_NATIVE_STDERR = _NativeStderr()
+
+
 def _quiet_start() -> logging.Handler | None:
     """Before TensorFlow is imported: its C++ INFO and WARNING lines off (unless
     ``--verbose``), Python warnings into logging, and log records kept for the log file until
@@ -278,6 +332,7 @@ def _quiet_start() -> logging.Handler | None:
         level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(max(int(level) if level.isdigit() else 0, 2))
         logging.captureWarnings(True)
+        _NATIVE_STDERR.divert()
     early = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
     logging.getLogger().addHandler(early)
     absl_logging.get_absl_handler().addFilter(_shown)

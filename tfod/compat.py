@@ -65,6 +65,14 @@ def _fix_pillow_getsize() -> None:
             cls.getsize = _font_getsize
 
 
+def is_repeated(field) -> bool:
+    """Whether a protobuf ``FieldDescriptor`` is repeated: protobuf 7 (the TensorFlow 2.21
+    stack) replaced ``label`` with ``is_repeated``, which protobuf 4 (TensorFlow 2.15) lacks."""
+    if hasattr(field, "is_repeated"):
+        return field.is_repeated
+    return field.label == field.LABEL_REPEATED
+
+
 def fixes_in_effect() -> dict[str, bool]:
     """Which fixes are active now (for ``tfod-doctor``)."""
     from tensorflow.python.ops import control_flow_ops

@@ -174,7 +174,7 @@ class StageRunner:
         self.echo(f"\n== {len(self.results) + 1}. {name}\n$ {command}")
         started = time.monotonic()
         argv = [sys.executable, "-m", TOOL_MODULES[tool], *map(str, args)]
-        done = subprocess.run(argv, cwd=REPO, check=False)
+        done = subprocess.run(argv, cwd=REPO, check=False, stderr=sys.stderr)  # the console
         result = StageResult(name, command, round(time.monotonic() - started, 1),
                              {key: str(value) for key, value in outputs.items()})
         self.results.append(result)

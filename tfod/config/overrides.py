@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from google.protobuf import descriptor, text_format
 from google.protobuf.message import Message
 
-import tfod.compat  # noqa: F401  (fixes the stack; must precede the OD API imports)
+from tfod import compat  # fixes the stack; must precede the OD API imports
 
 # isort: split
 from object_detection.utils import config_util
@@ -102,7 +102,7 @@ def _field(message: Message, name: str, key: str) -> descriptor.FieldDescriptor:
 def _descend(message: Message, field, index, key: str) -> list[Message]:
     if field.cpp_type != descriptor.FieldDescriptor.CPPTYPE_MESSAGE:
         raise ConfigError(f"override {key!r}: {field.full_name} is not a message")
-    if field.label == descriptor.FieldDescriptor.LABEL_REPEATED:
+    if compat.is_repeated(field):
         items = getattr(message, field.name)
         if index is None:
             if not items:
@@ -141,7 +141,7 @@ def _set_field(message: Message, field, index, value, key: str) -> None:
         raise ConfigError(f"override {key!r}: indexing a repeated scalar is not supported; "
                           "give the whole list as a,b,c")
     _check_oneof(message, field, key)
-    if field.label == descriptor.FieldDescriptor.LABEL_REPEATED:
+    if compat.is_repeated(field):
         raw = value if isinstance(value, list | tuple) else _split_list(str(value))
         values = [_coerce(field, item, key) for item in raw]
         del getattr(message, field.name)[:]

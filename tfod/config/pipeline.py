@@ -20,7 +20,7 @@ from google.protobuf import descriptor, text_format
 from google.protobuf.message import Message
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-import tfod.compat  # noqa: F401  (fixes the stack; must precede the OD API imports)
+from tfod import compat  # fixes the stack; must precede the OD API imports
 
 # isort: split
 from object_detection.protos import train_pb2
@@ -201,7 +201,7 @@ def _placeholders(message: Message, prefix: str = "") -> list[str]:
     found = []
     for field, value in message.ListFields():
         name = f"{prefix}{field.name}"
-        values = value if field.label == descriptor.FieldDescriptor.LABEL_REPEATED else [value]
+        values = value if compat.is_repeated(field) else [value]
         for item in values:
             if field.cpp_type == descriptor.FieldDescriptor.CPPTYPE_MESSAGE:
                 found += _placeholders(item, name + ".")
