@@ -1,4 +1,4 @@
-"""Generated configs train: a few OD API training steps on the converted real sample."""
+"""Generated configs train: a few steps of tfod's trainer on the converted real sample."""
 from __future__ import annotations
 
 import math
@@ -11,9 +11,10 @@ from conftest import LABELS_CSV, SAMPLE_DICOMS
 
 from tfod.config import pipeline as configs
 from tfod.data.convert import convert
-
-# isort: split
-from object_detection import model_lib_v2
+from tfod.runfolder import RunFolder, latest_checkpoint
+from tfod.train import odapi
+from tfod.train.settings import TrainSettings
+from tfod.train.trainer import train
 
 STEPS = 3
 
@@ -29,29 +30,24 @@ def _scalars(event_dir: Path, tag: str) -> dict[int, float]:
     return values
 
 
-def _train_a_few_steps(config: Path, run_dir: Path) -> None:
-    """``STEPS`` OD API training steps of ``config``; every logged loss is finite."""
-    summary = {}
-    model_lib_v2.train_loop(
-        pipeline_config_path=str(config), model_dir=str(run_dir),
-        checkpoint_every_n=STEPS,
-        num_steps_per_iteration=1,  # the default (100) would run 100 steps in one call
-        performance_summary_exporter=lambda metrics, precision: summary.update(metrics),
-    )
-    losses = _scalars(run_dir / "train", "Loss/total_loss")
+def _train_a_few_steps(run: RunFolder) -> None:
+    """``STEPS`` steps of tfod's trainer on the run's config; every logged loss is finite."""
+    assert train(run.root, TrainSettings(num_steps=STEPS, checkpoint_every=STEPS,
+                                         log_every=1)) == STEPS
+    losses = _scalars(run.train_events, odapi.LOSS_KEY)
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert all(math.isfinite(loss) for loss in losses.values()), losses
-    assert math.isfinite(summary["last_batch_loss"])
-    assert tf.train.latest_checkpoint(str(run_dir)).endswith("ckpt-2")  # step 0 and STEPS
+    assert latest_checkpoint(run.root).step == STEPS
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["ssd_mobilenet_v2", "faster_rcnn_resnet50",
                                    "centernet_resnet50_fpn"])
 def test_generated_config_trains_with_a_finite_loss(model, converted_sample, tmp_path):
-    config = configs.build_config(model, converted_sample, 0, tmp_path / "pipeline.config",
-                                  image_size=128, batch_size=2, num_steps=STEPS)
-    _train_a_few_steps(config, tmp_path / "run")
+    run = RunFolder(tmp_path / "run").create()
+    configs.build_config(model, converted_sample, 0, run.pipeline_config,
+                         image_size=128, batch_size=2, num_steps=STEPS)
+    _train_a_few_steps(run)
 
 
 @pytest.mark.slow
@@ -67,14 +63,15 @@ def test_mask_rcnn_trains_on_box_masks_with_a_finite_loss(tmp_path):
     anchors = "model.faster_rcnn.first_stage_anchor_generator.grid_anchor_generator"
     # Anchors of 8-64 px and 300 barely suppressed proposals: enough untrained proposals match
     # a 128 px box for the mask loss to be trained (with 100 proposals it often stays 0).
-    config = configs.build_config(
-        "mask_rcnn_inception_resnet_v2", data_dir, -1, tmp_path / "pipeline.config",
+    run = RunFolder(tmp_path / "run").create()
+    configs.build_config(
+        "mask_rcnn_inception_resnet_v2", data_dir, -1, run.pipeline_config,
         image_size=128, batch_size=2, num_steps=STEPS,
         overrides=[f"{anchors}.height=32", f"{anchors}.width=32",
                    "model.faster_rcnn.first_stage_max_proposals=300",
                    "model.faster_rcnn.first_stage_nms_iou_threshold=0.95"])
-    _train_a_few_steps(config, tmp_path / "run")
-    losses = _scalars(tmp_path / "run" / "train", "Loss/BoxClassifierLoss/mask_loss")
+    _train_a_few_steps(run)
+    losses = _scalars(run.train_events, "Loss/BoxClassifierLoss/mask_loss")
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert all(math.isfinite(loss) for loss in losses.values()), losses
     assert any(loss > 0 for loss in losses.values()), losses  # a proposal matched a box mask

@@ -271,12 +271,15 @@ def three_kinds(tmp_path_factory, validation):
     det.write_detections(noisy_model(truth, 31, 0.9), folder / "od_api.csv")
     darknet_model = noisy_model(truth, 32, 0.8)
     corners = box_ops.corners(darknet_model.boxes) + outside.DARKNET_OFFSET
-    lines = [f"{darknet_model.ids[i]} {s!r} {' '.join(map(repr, c))}" for i, s, c in
+    # repr of a Python float: the shortest text that reads back exactly (numpy 2's repr of
+    # its own scalars is 'np.float64(...)').
+    lines = [f"{darknet_model.ids[i]} {float(s)!r} {' '.join(repr(float(v)) for v in c)}"
+             for i, s, c in
              zip(darknet_model.image, darknet_model.scores, corners, strict=True)]
     (folder / "yolo.txt").write_text("\n".join(lines) + "\n")
     mapped_model = noisy_model(truth, 33, 0.7)
     rows = ["id,left,top,right,bottom,conf"] + [
-        f"{mapped_model.ids[i]},{c[0]!r},{c[1]!r},{c[2]!r},{c[3]!r},{s!r}" for i, s, c in
+        f"{mapped_model.ids[i]},{','.join(repr(float(v)) for v in (*c, s))}" for i, s, c in
         zip(mapped_model.image, mapped_model.scores, box_ops.corners(mapped_model.boxes),
             strict=True)] + [f"{i},,,,," for i in ids if not len(mapped_model[i])]
     (folder / "mapped.csv").write_text("\n".join(rows) + "\n")
