@@ -56,10 +56,12 @@ lint: venv
 doctor: venv
 	$(BIN)/tfod-doctor
 
-# The training image (docker/README.md): a debootstrap Debian base where none can be pulled,
-# BASE_IMAGE=... for a TensorFlow GPU base; not rebuilt when its context is unchanged.
+# The training image (docker/README.md): a debootstrap Debian base where none can be pulled
+# (SUITE=bookworm: Python 3.11, tf2.15, tfod:latest; SUITE=trixie: Python 3.13, tf2.21,
+# tfod:trixie), BASE_IMAGE=... for a GPU base; not rebuilt when its context is unchanged.
+SUITE ?= bookworm
 image:
-	bash docker/build_image.sh
+	SUITE=$(SUITE) bash docker/build_image.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # Build the tfod image from docker/Dockerfile (`make image`).
 #
-#   docker/build_image.sh                      # CPU image tfod:latest on a local Debian base
-#   BASE_IMAGE=tensorflow/tensorflow:2.15.0-gpu IMAGE=tfod:gpu docker/build_image.sh   # GPU host
+#   docker/build_image.sh                  # CPU image tfod:latest on a local Debian bookworm base
+#   SUITE=trixie docker/build_image.sh     # CPU image tfod:trixie on a local Debian trixie base
+#   BASE_IMAGE=tensorflow/tensorflow:2.15.0-gpu IMAGE=tfod:gpu docker/build_image.sh  # GPU tf2.15
+#   SUITE=trixie GPU=1 IMAGE=tfod:gpu docker/build_image.sh    # GPU tf2.21 (CUDA wheels from pip)
 #
-# Without BASE_IMAGE, nothing is pulled: a Debian bookworm base (Python 3.11, venv, CA
-# certificates) is made with debootstrap from Debian's archive and `docker import`ed as
-# tfod-base:bookworm (once). The host's CA bundle goes into that base, so pip verifies TLS
-# where the network goes through a local certificate authority.
+# The Dockerfile installs the stack of the base's python3 (tfod/stack.py): bookworm's 3.11
+# gets tf2.15, trixie's 3.13 gets tf2.21. Without BASE_IMAGE, nothing is pulled: a Debian
+# $SUITE base (python3, venv, CA certificates) is made with debootstrap from Debian's archive
+# and `docker import`ed as tfod-base:$SUITE (once). The host's CA bundle goes into that base,
+# so pip verifies TLS where the network goes through a local certificate authority.
 #
 # The build context is staged (only what the image installs), and the image is labelled with
 # the hash of that context: an image with the same hash is not built again (FORCE=1 rebuilds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGE=${IMAGE:-tfod:latest}
-LOCAL_BASE=tfod-base:bookworm
+SUITE=${SUITE:-bookworm}
+if [ "$SUITE" = bookworm ]; then
+  IMAGE=${IMAGE:-tfod:latest}
+else
+  IMAGE=${IMAGE:-tfod:$SUITE}
+fi
+LOCAL_BASE=tfod-base:$SUITE
 BASE_IMAGE=${BASE_IMAGE:-$LOCAL_BASE}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
@@ -26,13 +34,13 @@ say() { echo "[build_image] $*" >&2; }
 has_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
 make_local_base() {
-  # Debian bookworm's python3 is 3.11, the project's Python.
-  local root
+  # The suite's python3 picks the stack: bookworm 3.11 (tf2.15), trixie 3.13 (tf2.21).
+  local root log=/tmp/tfod-debootstrap-$SUITE.log
   root=$(mktemp -d /tmp/tfod-base.XXXXXX)
-  say "debootstrap bookworm into $root (once; a few minutes)"
+  say "debootstrap $SUITE into $root (once; a few minutes)"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-    bookworm "$root" "$MIRROR" >/tmp/tfod-debootstrap.log 2>&1 \
-    || { tail -n 20 /tmp/tfod-debootstrap.log >&2; rm -rf "$root"; return 1; }
+    "$SUITE" "$root" "$MIRROR" >"$log" 2>&1 \
+    || { tail -n 20 "$log" >&2; rm -rf "$root"; return 1; }
   if [ -f "$HOST_CA" ]; then
     cp "$HOST_CA" "$root/etc/ssl/certs/ca-certificates.crt"
   fi
@@ -71,7 +79,7 @@ fi
 context=$(mktemp -d /tmp/tfod-context.XXXXXX)
 trap 'rm -rf "$context"' EXIT
 stage_context "$context"
-hash=$(context_hash "$context")-$(echo "$BASE_IMAGE" | sha256sum | cut -c1-8)
+hash=$(context_hash "$context")-$(echo "$BASE_IMAGE GPU=${GPU:-}" | sha256sum | cut -c1-8)
 if [ -z "${FORCE:-}" ] && has_image "$IMAGE" && [ "$(docker image inspect --format \
     '{{index .Config.Labels "tfod.context"}}' "$IMAGE")" = "$hash" ]; then
   say "$IMAGE is up to date (context $hash)"
@@ -79,7 +87,8 @@ if [ -z "${FORCE:-}" ] && has_image "$IMAGE" && [ "$(docker image inspect --form
 fi
 started=$(date +%s)
 say "building $IMAGE on $BASE_IMAGE (context $hash)"
-docker build -f "$context/docker/Dockerfile" -t "$IMAGE" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+docker build --force-rm -f "$context/docker/Dockerfile" -t "$IMAGE" \
+  --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "GPU=${GPU:-}" \
   --label "tfod.context=$hash" "$context"
 say "$IMAGE built in $(( $(date +%s) - started )) s"
 docker image prune --force --filter label=tfod.context >/dev/null  # the builds it replaced

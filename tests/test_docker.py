@@ -1,10 +1,11 @@
-"""The docker backend on a real Docker engine: the image, a real training run in containers,
-restarts, NaN stops and clean-up after a failed launch.
+"""The docker backend on a real Docker engine: the images of both stacks, real training runs
+in containers, restarts, NaN stops and clean-up after a failed launch.
 
 The session fixture installs and starts the engine where missing (``docker/ensure_engine.sh``:
-Debian's docker.io, as root) and builds the image (``docker/build_image.sh``: a debootstrap
-base, nothing pulled; skipped when the image's context hash matches). In CI (``CI=true``) an
-engine that cannot be had fails these tests; elsewhere they are skipped with the reason.
+Debian's docker.io, as root) and builds the images (``docker/build_image.sh``: a debootstrap
+base per Debian suite, nothing pulled; skipped when the image's context hash matches). In CI
+(``CI=true``) an engine that cannot be had fails these tests; elsewhere they are skipped with
+the reason.
 """
 import json
 import os
@@ -26,10 +27,16 @@ from tfod.train.settings import TrainSettings
 pytestmark = [pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE = "tfod:latest"
+# The images built on a local debootstrap base (SUITE=<suite> make image): their tag, the stack
+# their Debian's python3 must get (bookworm 3.11, trixie 3.13) and the package behind tf.keras.
+IMAGES = {
+    "bookworm": ("tfod:latest", "tf2.15", "keras"),
+    "trixie": ("tfod:trixie", "tf2.21", "tf_keras"),
+}
+IMAGE = IMAGES["bookworm"][0]
 FAKE_IMAGE = "tfod-test:fake-trainer"
-IMAGE_STACK = stack.stack_for_python((3, 11))  # the local bookworm base's Python
 NUM_STEPS, CHECKPOINT_EVERY = 40, 20
+TRIXIE_STEPS = 10
 
 # Replaces `python -m tfod.train` in a test image: counts its starts in the run folder and
 # exits with the code in <run>/fake_exit (0: marks the run finished), so restarts are cheap.
@@ -52,23 +59,39 @@ def docker_unavailable(reason: str):
     pytest.skip(reason)
 
 
-def script(name: str, timeout: float) -> subprocess.CompletedProcess:
+def script(name: str, timeout: float, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(REPO / "docker" / name)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+                          text=True, timeout=timeout, check=False, env={**os.environ, **env})
 
 
 @pytest.fixture(scope="session")
-def image() -> str:
-    """The project's image, built (or found up to date) on a running engine."""
+def built():
+    """``built(suite)``: the image of that Debian suite, built (or found up to date) on a running
+    engine the first time it is asked for."""
     engine = script("ensure_engine.sh", 600)
     if engine.returncode != 0:
         docker_unavailable(f"no Docker engine: {engine.stderr.strip()[-500:]}")
-    started = time.time()
-    build = script("build_image.sh", 1800)
-    if build.returncode != 0:
-        docker_unavailable(f"docker/build_image.sh failed: {build.stderr.strip()[-2000:]}")
-    print(f"image {IMAGE}: {time.time() - started:.0f} s\n{build.stderr.strip()}")
-    return IMAGE
+    images = {}
+
+    def build(suite: str) -> str:
+        if suite not in images:
+            started = time.time()
+            done = script("build_image.sh", 1800, SUITE=suite)
+            if done.returncode != 0:
+                docker_unavailable(f"SUITE={suite} docker/build_image.sh failed: "
+                                   f"{done.stderr.strip()[-2000:]}")
+            print(f"image {IMAGES[suite][0]}: {time.time() - started:.0f} s\n"
+                  f"{done.stderr.strip()}")
+            images[suite] = IMAGES[suite][0]
+        return images[suite]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def image(built) -> str:
+    """The bookworm (tf2.15) image, the one the training tests run."""
+    return built("bookworm")
 
 
 @pytest.fixture(scope="session")
@@ -113,14 +136,36 @@ def event_tags(folder: Path) -> set[str]:
             for value in event.summary.value}
 
 
-def test_doctor_in_the_image_reports_the_pinned_stack(image):
-    done = docker("run", "--rm", "--user", "1234:1234", image, "tfod-doctor", timeout=300)
-    report = done.stdout
-    pins = stack.read_pins(REPO / IMAGE_STACK.requirements)
+def installed_in(image: str) -> dict[str, str]:
+    """``{normalized distribution name: version}`` of the image's virtualenv."""
+    listing = docker("run", "--rm", "--user", "1234:1234", image, "python", "-m", "pip", "list",
+                     "--format=json", timeout=300)
+    return {normalized(d["name"]): d["version"] for d in json.loads(listing.stdout)}
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize("suite", IMAGES)
+def test_doctor_in_the_image_reports_its_stack_with_every_pin(built, suite):
+    image = built(suite)
+    _, stack_name, keras_package = IMAGES[suite]
+    expected = next(s for s in stack.STACKS if s.name == stack_name)
+    pins = stack.read_pins(REPO / expected.requirements)
+    installed = installed_in(image)
+    assert {name: installed.get(normalized(name)) for name in pins} == pins
+    report = docker("run", "--rm", "--user", "1234:1234", image, "tfod-doctor",
+                    timeout=300).stdout
+    assert re.search(rf"^ok  stack +{re.escape(stack_name)}: ", report, re.M), report
+    assert re.search(rf"^ok  pins +all {len(pins)} of {re.escape(expected.requirements)} ",
+                     report, re.M), report
     for label, package in [("tensorflow", "tensorflow"), ("numpy", "numpy"),
                            ("protobuf", "protobuf"), ("pydicom", "pydicom"),
                            ("pycocotools", "pycocotools")]:
         assert re.search(rf"^ok  {label} +{re.escape(pins[package])}\b", report, re.M), report
+    tf_minor = re.escape(".".join(expected.tensorflow.split(".")[:2]))
+    assert re.search(rf"^ok  tf\.keras +{keras_package} {tf_minor}\.\d+$", report, re.M), report
     for imported in ("object_detection", "opencv \\(cv2\\)", "lvis"):
         assert re.search(rf"^ok  {imported} .*\(imports\)", report, re.M), report
     assert "BAD" not in report
@@ -199,6 +244,28 @@ def test_data_is_mounted_read_only_and_the_run_folder_writable(trained):
                              text=True, timeout=120, check=False)
     assert allowed.returncode == 0, allowed.stderr
     assert (run.root / "probe").exists()
+
+
+@pytest.mark.slow
+def test_the_trixie_image_trains_on_its_stack(built, converted_sample, tmp_path):
+    """A few real steps in the tf2.21 image (about a minute: the trainer's start dominates)."""
+    run_dir = tmp_path / "run"
+    started = time.time()
+    try:
+        done = subprocess.run(
+            train_tool(f"--data_dir={converted_sample}", f"--image={built('trixie')}",
+                       f"--run_dir={run_dir}", f"--num_steps={TRIXIE_STEPS}",
+                       f"--checkpoint_every={TRIXIE_STEPS}", "--eval_device=none",
+                       "--max_restarts=0"),
+            cwd=REPO, env=tool_env(), capture_output=True, text=True, timeout=900)
+    finally:
+        docker("rm", "--force", *containers_of(run_dir), check=False)
+    run = RunFolder(run_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert read_status(run)["state"] == "finished"
+    assert list_checkpoints(run.root)[-1].step == TRIXIE_STEPS
+    assert "Loss/total_loss" in event_tags(run.train_events)
+    print(f"trixie image, {TRIXIE_STEPS} steps in a container: {time.time() - started:.0f} s")
 
 
 def run_fake(fake_image, converted_sample, run_dir: Path, exit_code: int, *flags: str):

@@ -18,11 +18,18 @@ Fixes, and why:
   refuses TensorFlow 2.16+ unless tf-keras is behind ``tf.keras``
   (:func:`tfod.stack.check_tensorflow`), with a clear message instead of a failure deep
   inside model building.
+* ``tensorflow_io`` on Python 3.13: tensorflow-io has no wheels for it, yet the OD API's model
+  builder imports the DeepMAC meta-architecture, whose module imports ``tensorflow_io`` at the
+  top. Where it is not installed, an empty module stands in; only DeepMAC (no tfod model) would
+  use it, and an attribute of it raises AttributeError naming the reason.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+import types
 
 import numpy as np
 from PIL import ImageFont
@@ -73,6 +80,20 @@ def is_repeated(field) -> bool:
     return field.label == field.LABEL_REPEATED
 
 
+class _AbsentTensorflowIo(types.ModuleType):
+    """Stands in for tensorflow_io where it is not installed."""
+
+    def __getattr__(self, name):
+        raise AttributeError(f"tensorflow_io.{name}: tensorflow-io is not installed (it has no "
+                             f"wheels for Python {sys.version_info[0]}.{sys.version_info[1]}); "
+                             f"only the OD API's DeepMAC uses it")
+
+
+def _fix_absent_tensorflow_io() -> None:
+    if "tensorflow_io" not in sys.modules and importlib.util.find_spec("tensorflow_io") is None:
+        sys.modules["tensorflow_io"] = _AbsentTensorflowIo("tensorflow_io")
+
+
 def fixes_in_effect() -> dict[str, bool]:
     """Which fixes are active now (for ``tfod-doctor``)."""
     from tensorflow.python.ops import control_flow_ops
@@ -83,6 +104,8 @@ def fixes_in_effect() -> dict[str, bool]:
         ),
         "numpy np.float/np.int/np.bool": all(name in np.__dict__ for name in _NUMPY_ALIASES),
         "Pillow FreeTypeFont.getsize": hasattr(ImageFont.FreeTypeFont, "getsize"),
+        "tensorflow_io importable (DeepMAC)": "tensorflow_io" in sys.modules
+        or importlib.util.find_spec("tensorflow_io") is not None,
     }
 
 
@@ -94,6 +117,7 @@ def apply() -> None:
     _fix_control_flow_ops()
     _fix_numpy_aliases()
     _fix_pillow_getsize()
+    _fix_absent_tensorflow_io()
 
 
 apply()
