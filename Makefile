@@ -39,6 +39,17 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not docker and not multiworker" $(PYTEST_ARGS)
 
+# The TF 2.21 stack's CI lane (README "Stacks"; `.ci/run` runs it on Python 3.12): each stage's
+# tests but the slow (unless marked stack_lane: the demo end to end), docker and multi-worker
+# ones, which the full suite runs on TF 2.15. The estimator-era references import only there.
+STACK_LANE := tests/test_stacks.py tests/test_foundation.py tests/test_convert.py \
+	tests/test_configs.py tests/test_pipeline.py tests/test_train.py tests/test_train_layer.py \
+	tests/test_evaluator.py tests/test_export.py tests/test_predict.py tests/test_ensemble.py \
+	tests/test_classify.py tests/test_campaign.py tests/test_quiet.py tests/test_tools.py
+test-stack: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS) $(STACK_LANE) tests/test_demo.py -m \
+		"(stack_lane or not slow) and not estimator_reference and not docker and not multiworker"
+
 # Every benchmark but the full-size one (about 45 minutes on 2 cores): `make bench-full`.
 bench: venv
 	for b in $(filter-out bench/full_size.py,$(wildcard bench/*.py)); do \

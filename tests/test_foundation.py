@@ -135,6 +135,7 @@ def _final_total_loss(event_dir: Path) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.estimator_reference
 def test_two_training_steps_of_ssd_mobilenet_v2(tmp_path):
     from object_detection import model_lib_v2
     from object_detection.utils import config_util

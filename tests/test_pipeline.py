@@ -36,7 +36,6 @@ ESTIMATOR_ERA = {"object_detection.inputs", "object_detection.model_lib",
                  "object_detection.model_lib_v2"}
 # TensorFlow 2.16 removed tf.compat.v1.estimator, which object_detection.inputs imports: the
 # reference exists on the 2.15 stack only.
-TF_215 = tf.__version__.startswith("2.15.")
 Fields = fields.InputDataFields
 SIZE = 128
 
@@ -88,7 +87,7 @@ def _assert_same_batch(reference, ours) -> None:
         np.testing.assert_array_equal(value.numpy(), expected, err_msg=name)
 
 
-@pytest.mark.skipif(not TF_215, reason="the reference, object_detection.inputs, needs TF 2.15")
+@pytest.mark.estimator_reference
 def test_batches_and_losses_equal_the_od_api_inputs(converted_sample):
     from object_detection import inputs  # the reference (a test, not a tfod module)
 

@@ -1,8 +1,9 @@
 """Which Python gets which TensorFlow, and whether the installed one can run the OD API.
 
-Pure Python (no TensorFlow import): safe on a broken stack, and run by ``make`` before pip as
-``python -m tfod.stack``, which prints the stack's name (its folder under ``requirements/``)
-or, for a Python no stack supports, one line naming the supported versions (exit 2).
+Pure Python (no TensorFlow import): safe on a broken stack. ``make`` and the Dockerfile run it
+before pip as a plain script, ``python3 tfod/stack.py``, which prints the stack's name (its
+folder under ``requirements/``) or, for a Python no stack supports, one line naming the
+supported versions (exit 2).
 
 * ``tf2.15``: TensorFlow 2.15, whose bundled Keras 2 the OD API was written for. Its wheels
   stop at Python 3.11; tfod needs 3.10 or newer.
