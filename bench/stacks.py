@@ -4,7 +4,8 @@ Runs tfod's trainer (``tfod.train.trainer.train``) on the SSD MobileNet v2 confi
 ``--image_size`` px and ``--batch_size`` over the 16 real RSNA DICOMs, once per Python given
 (default: ``.venv`` for the TF 2.15 stack and ``.venv-3.12`` for TF 2.21, as `.ci/run` makes
 them), alternating ``--repeats`` times: the cores may be shared, so each stack's best run
-counts. A run trains ``--warmup`` steps, then times ``--steps`` more. Prints s/step of each and
+counts. A run trains ``--warmup`` + ``--steps`` steps, ``--warmup`` per ``tf.function`` call;
+its s/step is the median of the calls after the first (which traces). Prints s/step of each and
 the ratio (target: the TF 2.21 stack within 10% of TF 2.15's).
 
     .venv/bin/python bench/stacks.py [--pythons .venv/bin/python .venv-3.12/bin/python]
@@ -24,7 +25,7 @@ RSNA = REPO.parent / "shared" / "data" / "rsna"
 
 # One timed run, in the stack's own Python: prints {"stack", "seconds_per_step"} as JSON.
 CHILD = textwrap.dedent("""
-    import json, sys, time
+    import json, statistics, sys
     from pathlib import Path
     from tfod import stack
     from tfod.config import pipeline as configs
@@ -37,19 +38,22 @@ CHILD = textwrap.dedent("""
     warmup, steps = int(warmup), int(steps)
 
     class Clock(Hook):
+        # the trainer's own seconds per step of each tf.function call (warmup steps a call)
+        def __init__(self):
+            self.calls = []
+
         def after_step(self, trainer):
-            if trainer.step == warmup:
-                self.started = time.perf_counter()
+            self.calls.append(trainer.seconds_per_step)
 
     run = RunFolder(root).create()
     configs.build_config("ssd_mobilenet_v2", data, 0, run.pipeline_config,
                          image_size=int(size), batch_size=int(batch),
                          num_steps=warmup + steps, augmentations=["none"])
     clock = Clock()
-    train(run.root, TrainSettings(num_steps=warmup + steps, checkpoint_every=warmup + steps,
-                                  log_every=warmup + steps), hooks=[clock])
+    train(run.root, TrainSettings(num_steps=warmup + steps, checkpoint_every=warmup,
+                                  log_every=warmup), hooks=[clock])
     print(json.dumps({"stack": stack.stack_for_python().name,
-                      "seconds_per_step": (time.perf_counter() - clock.started) / steps}))
+                      "seconds_per_step": statistics.median(clock.calls[1:])}))
 """)
 
 
