@@ -213,7 +213,9 @@ class _LogFile(logging.FileHandler):
 
     def _open(self):
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
-        return super()._open()
+        stream = super()._open()
+        _NATIVE_STDERR.into(Path(self.baseFilename))
+        return stream
 
     def emit(self, record) -> None:
         try:
@@ -254,7 +256,6 @@ def logged(main: Callable[[list[str]], int | None]) -> Callable[[list[str]], int
         root.setLevel(logging.INFO)  # absl set it from --verbosity when it parsed the flags
         handler = _LogFile(log_file())
         root.addHandler(handler)
-        _NATIVE_STDERR.into(log_file())
         _filter_consoles()
         if _EARLY is not None:
             _EARLY.setTarget(handler)
@@ -272,10 +273,11 @@ def logged(main: Callable[[list[str]], int | None]) -> Callable[[list[str]], int
 class _NativeStderr:
     """File descriptor 2 of a quiet tool, where TensorFlow's C++ code logs: TensorFlow 2.21
     writes its lines from before ``absl::InitializeLog`` there whatever
-    ``TF_CPP_MIN_LOG_LEVEL`` says. :meth:`divert` points it at an unnamed file until the log
-    file is known, then :meth:`into` appends what it held to the log file and points it there.
-    Python's ``sys.stderr`` (tfod's lines, progress bars, errors) keeps the console, and so do
-    the tools a tool starts with ``stderr=sys.stderr``."""
+    ``TF_CPP_MIN_LOG_LEVEL`` says. :meth:`divert` points it at an unnamed file; when the log
+    file opens (at the tool's first log record), :meth:`into` appends what it held there and
+    points it there too. A tool that logs nothing writes no log file: the start-up lines held
+    go with the unnamed file. Python's ``sys.stderr`` (tfod's lines, progress bars, errors)
+    keeps the console, and so do the tools a tool starts with ``stderr=sys.stderr``."""
 
     def __init__(self):
         self._held = None
