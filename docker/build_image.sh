@@ -70,6 +70,10 @@ context_hash() {
 }
 
 bash docker/ensure_engine.sh
+# One build at a time on this machine: a second caller (the docker tests asking for an image
+# that CI is building in the background) waits here, then finds the image up to date.
+exec 9>"/tmp/tfod-build-image-$(id -u).lock"
+flock 9
 if [ "$BASE_IMAGE" = "$LOCAL_BASE" ] && ! has_image "$LOCAL_BASE"; then
   started=$(date +%s)
   make_local_base

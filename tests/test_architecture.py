@@ -12,8 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MAP = REPO / "docs" / "architecture.md"
-BASE = {"errors", "stack", "compat", "doctor", "boxes", "labelrows", "detections", "runfolder",
-        "cli", "progress"}
+BASE = {"errors", "stack", "compat", "doctor", "boxes", "fields", "labelrows", "detections",
+        "runfolder", "cli", "progress"}
 BELOW = {"base": set(), "data": {"base"}, "config": {"base", "data"},
          "train": {"base", "data", "config"}, "scoring": {"base", "data"},
          "infer": {"base", "data", "config", "train", "scoring"},

@@ -22,7 +22,6 @@ from tfod.errors import BadInput
 from tfod.infer import ensemble, export, outside, sizes
 from tfod.infer.ensemble_stage import EnsembleRequest, run_ensemble
 from tfod.runfolder import RunFolder, read_best_checkpoint
-from tfod.scoring.stage import read_image_ids
 
 BINARY = bytes(range(256)) * 8  # not UTF-8 anywhere
 
@@ -72,9 +71,24 @@ def test_test_ids_that_repeat_once_stripped_name_both_lines(tmp_path):
     ids.write_text("patientId,PredictionString\na,\n\nb,\n a ,\n")
     with pytest.raises(BadInput, match=r"sample_submission.csv, row 5: patientId a listed "
                                        r"twice \(first on line 2\)"):
-        ensemble.read_test_ids(ids)
+        det.read_patient_ids(ids)
     ids.write_text("patientId,PredictionString\n a ,\nb ,\n")
-    assert ensemble.read_test_ids(ids) == ["a", "b"]
+    assert det.read_patient_ids(ids) == ["a", "b"]
+
+
+def test_an_id_list_is_a_patientid_column_or_one_id_per_line(tmp_path):
+    labels = tmp_path / "labels.csv"  # tfod-evaluate --images: an image once per box
+    labels.write_text("patientId,x,y,width,height,Target\na,1,2,3,4,1\nb,,,,,0\na,5,6,7,8,1\n")
+    assert det.read_patient_ids(labels, repeats=True) == ["a", "b"]
+    with pytest.raises(BadInput, match=r"labels.csv, row 4: patientId a listed twice "
+                                       r"\(first on line 2\)"):
+        det.read_patient_ids(labels)
+    listed = tmp_path / "ids.txt"
+    listed.write_text("a\n\n b \n")
+    assert det.read_patient_ids(listed) == ["a", "b"]
+    listed.write_text("a,b\nc,d\n")
+    with pytest.raises(BadInput, match=r"ids.txt, row 1: neither one patientId per line"):
+        det.read_patient_ids(listed)
 
 
 def config_only_run(converted, folder) -> RunFolder:
@@ -226,7 +240,7 @@ def test_every_csv_reader_names_the_line_an_editor_shows(tmp_path):
     ids.write_text(text.replace(",1024,1024", ",").replace("width,height", "x") + "\np3,\n")
     with pytest.raises(BadInput, match=r"ids.csv, row 18: patientId p3 listed twice "
                                        r"\(first on line 5\)"):
-        ensemble.read_test_ids(ids)
+        det.read_patient_ids(ids)
     classifier = tmp_path / "classifier.csv"
     classifier.write_text(text.replace(",1024,1024", ",0.5").replace("width,height",
                                                                       "probability")
@@ -236,7 +250,7 @@ def test_every_csv_reader_names_the_line_an_editor_shows(tmp_path):
     images = tmp_path / "images.csv"  # tfod-evaluate --images
     images.write_text(text.replace(",1024,1024", ",").replace("width,height", "x") + "\n,p99\n")
     with pytest.raises(BadInput, match=r"images.csv, row 18: empty patientId"):
-        read_image_ids(images)
+        det.read_patient_ids(images, repeats=True)
     mapped = tmp_path / "mapped.csv"
     mapped.write_text("patientId,x,y,width,height,score\n\na,1,2,3,4,0.5\nb,1,2,0,4,0.5\n")
     with pytest.raises(BadInput, match=r"mapped.csv, row 4: box of b has no area"):

@@ -355,7 +355,7 @@ def test_bad_inputs_are_skipped_with_reasons(bad_inputs):
     assert "not a readable DICOM" in _reasons(skipped, "not-a-dicom")
     assert "no DICOM" in _reasons(skipped, "ghost-patient")
     assert "no usable label row" in _reasons(skipped, "unlabelled")
-    assert "missing or non-numeric width" in _reasons(skipped, POS_NAN_ROW)
+    assert "Target 1 row's width" in _reasons(skipped, POS_NAN_ROW)
     assert "duplicate of line" in _reasons(skipped, NEG_DUPLICATED)
     assert "also has Target 1" in _reasons(skipped, NEG_CONFLICT)
     assert "wholly outside" in _reasons(skipped, POS_CLIPPED)

@@ -240,7 +240,7 @@ def test_gating_multiplies_or_drops_and_names_missing_images():
 
 
 def test_submission_covers_exactly_the_test_ids_and_reads_back(tmp_path):
-    test_ids = ensemble.read_test_ids(SAMPLE_SUBMISSION)
+    test_ids = det.read_patient_ids(SAMPLE_SUBMISSION)
     assert len(test_ids) == 3000
     rng = np.random.default_rng(5)
     detections = {i: ImageBoxes(rng.uniform(100, 400, (2, 4)), rng.uniform(0, 1, 2))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from tfod.errors import FormatError
+from tfod.fields import parse_number
 from tfod.labelrows import read_label_rows
 from tfod.runfolder import atomic_write
 
@@ -211,16 +211,32 @@ def read_table(path, columns: Sequence[str] = ()) -> pd.DataFrame:
     return table[filled]
 
 
-def parse_number(path, row: int, name: str, text: str) -> float:
-    """``text`` of the field ``name`` as a finite number; :class:`FormatError` naming the
-    file, the line and the field otherwise. The one parser of numbers in tfod's CSVs."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise FormatError(path, row, f"{name} {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise FormatError(path, row, f"{name} {text!r} is not finite")
-    return value
+def read_patient_ids(path, repeats: bool = False) -> list[str]:
+    """The patientIds that ``path`` lists, in file order, spaces around each stripped: the
+    ``patientId`` column of a CSV (Kaggle's sample submission, a labels CSV), or one id per
+    line without a header. An empty id is refused; so is an id listed again, naming both
+    lines, unless ``repeats`` (a labels CSV lists an image once per box): then it counts once.
+
+    The one reader of id lists (``tfod-ensemble --test_ids``, ``tfod-evaluate --images``).
+    """
+    table = read_table(path)
+    if "patientId" not in table.columns:
+        if len(table.columns) != 1:
+            raise FormatError(path, 1, "neither one patientId per line nor a CSV with a "
+                                       "patientId column")
+        first = pd.DataFrame({"patientId": [table.columns[0]]}, index=[1])
+        table = pd.concat([first, table.set_axis(["patientId"], axis=1)])
+    ids = table["patientId"].str.strip().str.lstrip("\ufeff")
+    if (ids == "").any():
+        raise FormatError(path, int(ids.index[(ids == "").argmax()]), "empty patientId")
+    if not len(ids):
+        raise FormatError(path, None, "lists no image")
+    repeated = ids[ids.duplicated()]
+    if len(repeated) and not repeats:
+        first_line = int(ids.index[(ids == repeated.iloc[0]).argmax()])
+        raise FormatError(path, int(repeated.index[0]), f"patientId {repeated.iloc[0]} listed "
+                                                        f"twice (first on line {first_line})")
+    return list(dict.fromkeys(ids))
 
 
 def _box(path, row: int, fields: list[str]) -> list[float]:

@@ -21,12 +21,12 @@ names may carry spaces and a trailing comma; extra columns are ignored.
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tfod.errors import BadInput, FormatError
+from tfod.fields import parse_number
 
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 BOX_COLUMNS = ("x", "y", "width", "height")
@@ -59,14 +59,12 @@ def read_label_rows(path, strict: bool) -> tuple[list[LabelRow], list[BadRow]]:
     """
     rows, bad = [], []
     for line, fields in _data_rows(Path(path)):
-        patient_id = fields.get("patientId", "")
-        reason = fields["?"] if "?" in fields else _row_problem(fields)
-        if reason and strict:
-            raise FormatError(path, line, reason)
-        if reason:
-            bad.append(BadRow(line, patient_id, reason))
-        else:
-            rows.append(_accepted(line, fields))
+        try:
+            rows.append(_parsed(path, line, fields))
+        except FormatError as error:
+            if strict:
+                raise
+            bad.append(BadRow(line, fields.get("patientId", ""), error.reason))
     return rows, bad
 
 
@@ -109,34 +107,32 @@ def _header(path: Path, lines: list[list[str]]) -> list[str]:
     return names
 
 
-def _row_problem(fields: dict[str, str]) -> str:
-    """Why a row cannot be used, or '' when it can."""
+def _parsed(path, line: int, fields: dict[str, str]) -> LabelRow:
+    """The row as a :class:`LabelRow`; :class:`FormatError` saying why it cannot be used."""
+    if "?" in fields:
+        raise FormatError(path, line, fields["?"])
     if not fields["patientId"]:
-        return "empty patientId"
-    target = _float_or_nan(fields["Target"])
-    if target not in (0, 1):
-        return f"Target must be 0 or 1, got {fields['Target']!r}"
+        raise FormatError(path, line, "empty patientId")
+    target = _target(path, line, fields["Target"])
     if target == 0:
         filled = {name: fields[name] for name in BOX_COLUMNS if fields[name]}
-        return f"Target 0 row has box values {filled}; a negative row has none" if filled else ""
-    for name in BOX_COLUMNS:
-        if not math.isfinite(_float_or_nan(fields[name])):
-            return f"Target 1 row has a missing or non-numeric {name} ({fields[name]!r})"
-    for name in ("width", "height"):
-        if _float_or_nan(fields[name]) <= 0:
-            return f"box {name} must be positive, got {_float_or_nan(fields[name]):g}"
-    return ""
+        if filled:
+            raise FormatError(path, line, f"Target 0 row has box values {filled}; a negative "
+                                          "row has none")
+        return LabelRow(line, fields["patientId"], 0, None)
+    box = tuple(parse_number(path, line, f"Target 1 row's {name}", fields[name])
+                for name in BOX_COLUMNS)
+    for name, value in zip(("width", "height"), box[2:], strict=True):
+        if value <= 0:
+            raise FormatError(path, line, f"box {name} must be positive, got {value:g}")
+    return LabelRow(line, fields["patientId"], 1, box)
 
 
-def _float_or_nan(text: str) -> float:
-    """A row's field for the checks above: its number, NaN when it is none (a reason follows)."""
+def _target(path, line: int, text: str) -> int:
     try:
-        return float(text)
-    except ValueError:
-        return math.nan
-
-
-def _accepted(line: int, fields: dict[str, str]) -> LabelRow:
-    target = int(_float_or_nan(fields["Target"]))
-    box = tuple(float(fields[name]) for name in BOX_COLUMNS) if target == 1 else None
-    return LabelRow(line, fields["patientId"], target, box)
+        target = parse_number(path, line, "Target", text)
+    except FormatError:
+        target = None
+    if target not in (0, 1):
+        raise FormatError(path, line, f"Target must be 0 or 1, got {text!r}")
+    return int(target)

@@ -269,21 +269,6 @@ def for_submission(detections: Mapping[str, ImageBoxes], threshold: float,
     return BoxTable(kept.ids, kept.image, box_ops.scale_xywh(kept.boxes, box_scale), kept.scores)
 
 
-def read_test_ids(path) -> list[str]:
-    """The ``patientId`` column of a CSV (e.g. Kaggle's sample submission), each id once
-    (ids are compared with spaces around them stripped)."""
-    table = det.read_table(path, ["patientId"])
-    ids = table["patientId"].str.strip()
-    if (ids == "").any():
-        raise BadInput("empty patientId", path, int(ids.index[(ids == "").argmax()]))
-    repeated = ids[ids.duplicated()]
-    if len(repeated):
-        first = int(ids.index[(ids == repeated.iloc[0]).argmax()])
-        raise BadInput(f"patientId {repeated.iloc[0]} listed twice (first on line {first})",
-                       path, int(repeated.index[0]))
-    return ids.tolist()
-
-
 def check_test_ids(ids: Sequence[str], test_ids: Sequence[str]) -> None:
     """Raise :class:`BadInput` unless the detected images ``ids`` are the ``test_ids``."""
     known = set(ids)

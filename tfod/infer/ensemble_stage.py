@@ -233,7 +233,7 @@ def run_ensemble(request: EnsembleRequest) -> dict:
         raise BadInput("give --detections, --models or --outside")
     if request.submission and not request.test_ids:
         raise BadInput("--submission needs --test_ids")
-    test_ids = ensemble.read_test_ids(request.test_ids) if request.submission else None
+    test_ids = det.read_patient_ids(request.test_ids) if request.submission else None
     image_size = image_sizes(request)
     gate = gate_function(request)
     given = [read_detections_input(p) for p in request.detections]

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from tfod import boxes as box_ops
-from tfod import detections as det
 from tfod.detections import BoxTable, read_table
 from tfod.errors import BadInput
+from tfod.fields import parse_number
 
 BOX_FORMATS = {
     "xywh": ("x", "y", "width", "height"),
@@ -39,7 +39,7 @@ DARKNET_OFFSET = 1.0  # Darknet's VOC writer adds 1 to every corner
 
 
 def _score(text: str, path, row: int) -> float:
-    score = det.parse_number(path, row, "score", text)
+    score = parse_number(path, row, "score", text)
     if not 0.0 <= score <= 1.0:
         raise BadInput(f"score {score} is outside [0, 1]", path, row)
     return score
@@ -85,7 +85,7 @@ def read_darknet(path) -> BoxTable:
             raise BadInput(f"{len(fields)} fields, expected 6: image_id score x1 y1 x2 y2",
                            path, row)
         patient_id = fields[0]
-        corners = [det.parse_number(path, row, n, t) - DARKNET_OFFSET
+        corners = [parse_number(path, row, n, t) - DARKNET_OFFSET
                    for t, n in zip(fields[2:], ("x1", "y1", "x2", "y2"), strict=True)]
         image.append(index.setdefault(patient_id, len(index)))
         boxes.append(corners)
@@ -138,7 +138,7 @@ def read_mapped_csv(path, columns: Mapping[str, str] | None = None, box_format: 
         if not any([score, *box]):
             continue
         names = BOX_FORMATS[box_format]
-        boxes.append([det.parse_number(path, row, n, t) for t, n in zip(box, names, strict=True)])
+        boxes.append([parse_number(path, row, n, t) for t, n in zip(box, names, strict=True)])
         scores.append(_score(score, path, row))
         image.append(i)
         numbers.append(row)
@@ -171,7 +171,7 @@ def read_probabilities(path) -> dict[str, float]:
         patient_id = patient_id.strip()
         if not patient_id or patient_id in probabilities:
             raise BadInput(f"patientId {patient_id!r} is empty or listed twice", path, row)
-        value = det.parse_number(path, row, "probability", text)
+        value = parse_number(path, row, "probability", text)
         if not 0.0 <= value <= 1.0:
             raise BadInput(f"probability {value} is outside [0, 1]", path, row)
         probabilities[patient_id] = value

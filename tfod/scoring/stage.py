@@ -76,36 +76,6 @@ def read_detections_file(path) -> BoxTable:
     return det.read_detections(path)
 
 
-def read_image_ids(path) -> list[str]:
-    """The patientIds listed in ``path``: one per line, or a CSV with a ``patientId`` column.
-
-    Each id once, in file order (a labels CSV lists an image once per box).
-    """
-    path = require_file(path, "--images")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)  # its line_num: the line an editor shows, blank lines too
-            lines = [(reader.line_num, row) for row in reader
-                     if any(field.strip() for field in row)]
-    except (UnicodeDecodeError, csv.Error):
-        raise BadInput("not a text file", path) from None
-    header = [name.strip().lstrip("\ufeff") for name in lines[0][1]] if lines else []
-    if "patientId" in header:
-        column, lines = header.index("patientId"), lines[1:]
-    elif all(len(row) == 1 for _, row in lines):
-        column = 0
-    else:
-        raise BadInput("neither one patientId per line nor a CSV with a patientId column", path, 1)
-    ids = []
-    for number, row in lines:
-        if column >= len(row) or not row[column].strip():
-            raise BadInput("empty patientId", path, number)
-        ids.append(row[column].strip().lstrip("\ufeff"))
-    if not ids:
-        raise BadInput("lists no image", path)
-    return list(dict.fromkeys(ids))
-
-
 @dataclass(frozen=True)
 class Selection:
     """The images to score: their ground truth and detections, and what was left aside.
@@ -380,7 +350,8 @@ def score_files(detections_csv, labels_csv, output_dir, folds_csv=None, fold: in
         raise BadInput("give --images or --folds_csv/--fold, not both")
     check_options(options.get("threshold"), options.get("box_scale"), options.get("dicom_dir"))
     fold_ids = None if folds_csv is None else _fold_ids(folds_csv, fold)
-    image_ids = None if images is None else read_image_ids(images)
+    image_ids = None if images is None else det.read_patient_ids(
+        require_file(images, "--images"), repeats=True)
     labels = det.read_labels(require_file(labels_csv, "--labels_csv"))
     if not len(labels):
         raise BadInput("no label row: nothing to score against", labels_csv)
