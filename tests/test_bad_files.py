@@ -304,7 +304,7 @@ def test_the_submission_follows_the_umask(tmp_path, umask):
     table = BoxTable.of({"a": ImageBoxes([[1, 2, 3, 4]], [0.9]), "b": ImageBoxes.empty()})
     old = os.umask(umask)
     try:
-        path = ensemble.write_submission(table, tmp_path / "submission.csv", ["a", "b"], 0.5)
+        path = ensemble.submit(table, tmp_path / "submission.csv", ["a", "b"], 0.5)
         plain = tmp_path / "plain.txt"
         plain.write_text("x")
     finally:

@@ -245,7 +245,7 @@ def test_submission_covers_exactly_the_test_ids_and_reads_back(tmp_path):
     rng = np.random.default_rng(5)
     detections = {i: ImageBoxes(rng.uniform(100, 400, (2, 4)), rng.uniform(0, 1, 2))
                   for i in test_ids}
-    path = ensemble.write_submission(detections, tmp_path / "submission.csv", test_ids,
+    path = ensemble.submit(detections, tmp_path / "submission.csv", test_ids,
                                      threshold=0.5, box_scale=0.9)
     read = det.read_submission(path)
     assert read.ids == test_ids
@@ -255,7 +255,7 @@ def test_submission_covers_exactly_the_test_ids_and_reads_back(tmp_path):
     np.testing.assert_allclose(read.max_scores(), expected.max_scores())
     del detections[test_ids[7]]
     with pytest.raises(BadInput, match="1 test id"):
-        ensemble.write_submission(detections, tmp_path / "other.csv", test_ids, 0.5)
+        ensemble.submit(detections, tmp_path / "other.csv", test_ids, 0.5)
     assert list(tmp_path.iterdir()) == [path]  # nothing half-written left behind
 
 

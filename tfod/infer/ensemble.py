@@ -280,8 +280,8 @@ def check_test_ids(ids: Sequence[str], test_ids: Sequence[str]) -> None:
                        f"in the test ids (e.g. {unknown[:3]})")
 
 
-def write_submission(detections: Mapping[str, ImageBoxes], path, test_ids: Sequence[str],
-                     threshold: float, box_scale: float = 1.0) -> Path:
+def submit(detections: Mapping[str, ImageBoxes], path, test_ids: Sequence[str],
+           threshold: float, box_scale: float = 1.0) -> Path:
     """Write the Kaggle submission of ``detections`` for exactly the ``test_ids``.
 
     Boxes as :func:`for_submission`; every test id is one row (empty without boxes), and

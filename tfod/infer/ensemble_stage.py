@@ -267,6 +267,6 @@ def run_ensemble(request: EnsembleRequest) -> dict:
     if request.output:
         summary["output"] = str(det.write_detections(fused, request.output))
     if test_ids is not None:
-        summary["submission"] = str(ensemble.write_submission(
+        summary["submission"] = str(ensemble.submit(
             fused, request.submission, test_ids, threshold, box_scale))
     return summary
