@@ -58,7 +58,7 @@ def make_launcher(spec: LaunchSpec, backend: str, echo: Callable[[str], None] = 
     return BACKENDS[backend](spec, echo=echo)
 
 
-def plan_lines(spec: LaunchSpec, launcher, backend: str, change: str | None) -> list[str]:
+def plan_lines(spec: LaunchSpec, launcher: Launcher, change: str | None) -> list[str]:
     """The --dry_run report: run folder, config status, mounts and the exact commands."""
     run = spec.run
     lines = run.plan()
@@ -67,12 +67,11 @@ def plan_lines(spec: LaunchSpec, launcher, backend: str, change: str | None) -> 
     elif run.pipeline_config.exists():
         lines.append("pipeline.config: identical to the run's: training resumes")
     lines.append(f"steps: {spec.num_steps}, checkpoint every {spec.settings.checkpoint_every}, "
-                 f"backend {backend}, gpus {spec.gpus or 'none (CPU)'}, "
+                 f"backend {launcher.name}, gpus {spec.gpus or 'none (CPU)'}, "
                  f"evaluator {spec.eval_device}, max restarts {spec.max_restarts}"
                  + (f", early stopping: patience {spec.settings.patience}, min_delta "
                     f"{spec.settings.min_delta}" if spec.settings.patience else ""))
-    if backend == "docker":
-        lines.append("read-only mounts: " + ", ".join(map(str, spec.read_only_inputs)))
+    lines.extend(launcher.plan_notes())
     lines.append("commands:")
     environments = launcher.environment()
     for role, argv in launcher.commands().items():
@@ -103,7 +102,7 @@ def launch_run(request: ConfigRequest, run_dir: str | Path | None = None, backen
         launcher = make_launcher(spec, backend, echo)
         if dry_run:
             change = config_change(run, candidate)
-            echo("\n".join(plan_lines(spec, launcher, backend, change)))
+            echo("\n".join(plan_lines(spec, launcher, change)))
             if change:  # what the launch would refuse, the plan refuses too (exit 2)
                 raise LaunchError(change)
             return 0

@@ -159,6 +159,10 @@ class Launcher:
         """Variables each role gets on top of the launcher's (shown by ``--dry_run``)."""
         return {}
 
+    def plan_notes(self) -> list[str]:
+        """What else ``--dry_run`` shows of this backend (Docker: the read-only mounts)."""
+        return []
+
     def prepare(self) -> None:
         """Checks and clean-up before the run folder is locked (Docker: the daemon)."""
 

@@ -178,6 +178,9 @@ class DockerLauncher(Launcher):
     def commands(self) -> dict[str, list[str]]:
         return dict(self.argv)
 
+    def plan_notes(self) -> list[str]:
+        return ["read-only mounts: " + ", ".join(map(str, self.spec.read_only_inputs))]
+
     def launch_record_image(self) -> str | None:
         return self.spec.image
 
