@@ -7,7 +7,7 @@ that image's own width and height, calls the library's fusion, and converts the 
 back to the same image's pixels. Every image of the models comes back, an image without any
 box as an empty entry. All the fusion arithmetic is the library's:
 
-* ``wbf``      ``weighted_boxes_fusion`` with ``conf_type`` as given;
+* ``wbf``      ``weighted_boxes_fusion`` with the requested ``conf_type``;
 * ``avg``      ``weighted_boxes_fusion`` with ``conf_type='avg'`` always: a fused box's
                score is the weighted mean of the models' scores, a model without a box there
                counting 0, the plain score average the reference team used;
