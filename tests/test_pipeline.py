@@ -229,7 +229,10 @@ def test_the_window_gives_core_preprocessor_pixels_and_boxes(converted_sample):
     assert len(ours[Fields.groundtruth_boxes]) == 2 and ours[Fields.groundtruth_boxes][0, 3] == 1
 
 
-def test_window_first_only_for_flips_and_crops_then_brightness_and_contrast():
+def test_window_first_only_for_flips_and_crops_then_brightness_and_contrast(converted_sample):
+    ssd = configs.build_configs("ssd_mobilenet_v2", converted_sample, 0)["train_config"]
+    assert augment.supported([option.WhichOneof("preprocessing_step")
+                              for option in ssd.data_augmentation_options])
     assert augment.supported(["random_horizontal_flip", "ssd_random_crop",
                               "random_adjust_brightness", "random_adjust_contrast"])
     assert augment.supported(["random_crop_image"])
