@@ -21,8 +21,8 @@ import tfod.compat  # noqa: F401
 from tfod.config import pipeline as configs
 from tfod.data import records
 from tfod.runfolder import RunFolder, latest_checkpoint
+from tfod.train import augment, odapi, trainer
 from tfod.train import inputs as pipeline
-from tfod.train import odapi, trainer
 from tfod.train.evaluator import CheckpointScorer
 from tfod.train.settings import TrainSettings
 
@@ -169,6 +169,76 @@ def test_flipped_and_cropped_boxes_stay_on_their_opacities(converted_sample, tmp
     assert len(sizes) > 40
     assert min(centres) < 0.5 < max(centres)  # flipped and not
     assert max(sizes) > 1.2 * (BRIGHT_BOXES[:, 2] - BRIGHT_BOXES[:, 0]).max()  # cropped
+
+
+def _config_steps(data_dir, names):
+    """The ssd_mobilenet_v2 config's augmentation steps ``names``, built as the OD API builds
+    them."""
+    from object_detection.builders import preprocessor_builder
+
+    options = configs.build_configs("ssd_mobilenet_v2", data_dir, 0)["train_config"]
+    return [preprocessor_builder.build(option)
+            for option in options.data_augmentation_options
+            if option.WhichOneof("preprocessing_step") in names]
+
+
+def test_the_window_gives_core_preprocessor_pixels_and_boxes(converted_sample):
+    """For the same draws (flipped, a crop that cuts a box, brightness, contrast), the window
+    decoded from the JPEG gives the very pixels and boxes that core.preprocessor gives on the
+    whole decoded image: the reordering is exact, and so is the model's resize after it."""
+    from object_detection.core import preprocessor
+    from object_detection.core.preprocessor_cache import PreprocessorCache as Cache
+
+    encoded = records.decode_example(
+        records.read_records(records.eval_glob(converted_sample, 0))[0])["encoded"]
+    whole = tf.cast(tf.io.decode_jpeg(encoded), tf.float32)
+    height, width = whole.shape[:2]
+    groundtruth = {Fields.groundtruth_boxes: tf.constant(BRIGHT_BOXES, tf.float32),
+                   Fields.groundtruth_classes: tf.constant([1, 1], tf.int64),
+                   Fields.groundtruth_weights: tf.ones([2])}
+    begin, size = [100, 350], [800, 500]  # in the flipped image; cuts the first box
+    box = tf.constant([[[begin[0] / height, begin[1] / width, (begin[0] + size[0]) / height,
+                         (begin[1] + size[1]) / width]]])
+    steps = _config_steps(converted_sample, augment.GEOMETRIC + augment.PHOTOMETRIC)
+    crop_options = next(params for function, params in steps
+                        if function is preprocessor.random_crop_image)
+    delta, factor = 0.07, 1.08
+    cache = Cache()
+    cache.update(Cache.HORIZONTAL_FLIP, "", 0.0)  # < probability: flip
+    cache.update(Cache.CROP_IMAGE, "", 1.0)  # > random_coef: crop
+    cache.update(Cache.STRICT_CROP_IMAGE, crop_options["min_object_covered"],
+                 (tf.constant(begin + [0]), tf.constant(size + [-1]), box))
+    cache.update(Cache.ADJUST_BRIGHTNESS, "", delta)
+    cache.update(Cache.ADJUST_CONTRAST, "", factor)
+    reference = preprocessor.preprocess(
+        {Fields.image: whole[tf.newaxis], **groundtruth}, steps, preprocess_vars_cache=cache)
+
+    window = augment.Window(tf.zeros([2], tf.int32), tf.constant([height, width]),
+                            tf.constant(False))
+    window, ours = augment.flip_window(window, groundtruth, tf.constant(True))
+    window, ours = augment.crop_window(window, ours, tf.constant(begin), tf.constant(size),
+                                       box[0, 0], crop_options["overlap_thresh"],
+                                       crop_options["clip_boxes"])
+    image = augment.mirrored(augment.decode_window(encoded, window, tf.io.decode_image),
+                             window.flipped)
+    image = augment.contrast(augment.brightness(image, delta), factor)
+    np.testing.assert_array_equal(image.numpy(), reference[Fields.image][0].numpy())
+    assert ours.keys() == groundtruth.keys()
+    for key, value in ours.items():
+        np.testing.assert_array_equal(value.numpy(), reference[key].numpy(), err_msg=key)
+    assert len(ours[Fields.groundtruth_boxes]) == 2 and ours[Fields.groundtruth_boxes][0, 3] == 1
+
+
+def test_window_first_only_for_flips_and_crops_then_brightness_and_contrast(converted_sample):
+    ssd = configs.build_configs("ssd_mobilenet_v2", converted_sample, 0)["train_config"]
+    assert augment.supported([option.WhichOneof("preprocessing_step")
+                              for option in ssd.data_augmentation_options])
+    assert augment.supported(["random_horizontal_flip", "ssd_random_crop",
+                              "random_adjust_brightness", "random_adjust_contrast"])
+    assert augment.supported(["random_crop_image"])
+    assert not augment.supported([])
+    assert not augment.supported(["random_adjust_contrast", "random_crop_image"])
+    assert not augment.supported(["random_horizontal_flip", "random_vertical_flip"])
 
 
 # --------------------------------------------------------------- fine-tune checkpoints

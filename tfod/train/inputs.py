@@ -8,7 +8,8 @@ with augmentation off), without importing ``object_detection.inputs`` (it import
 
 1. parse (the keys of :mod:`tfod.data.records`) and decode;
 2. the config's ``data_augmentation_options`` through ``preprocessor_builder`` and
-   ``core.preprocessor.preprocess``;
+   ``core.preprocessor.preprocess`` (or, where that is exact and faster, drawn before decoding
+   by :mod:`tfod.train.augment`; below);
 3. the model's own ``preprocess`` (resize and normalize, ``true_image_shape``), boxes moved into
    the frame of the padded image, classes one-hot;
 4. ground truth padded (or clipped) to ``max_number_of_boxes``, so that any batch size works.
@@ -22,6 +23,13 @@ Where it is faster than ``inputs.train_input``, and why the result is the same:
   the same with less work. Any other augmentation keeps three channels throughout;
 * with a ``fixed_shape_resizer`` the one-channel image is resized by the model's own resizer
   before ``model.preprocess``, whose resize to the same size then returns it unchanged;
+* with such records and resizer, and augmentations that are flips and crops followed by
+  brightness and contrast changes (the SSD config's), the flips and crops are drawn before
+  decoding (:mod:`tfod.train.augment`, exact): only the window they keep is decoded
+  (``tf.io.decode_and_crop_jpeg``), mirrored on ``[height, width]``, and brightness and
+  contrast run on that window with ``core.preprocessor``'s arithmetic minus its copies of a
+  one-channel image. They stay before the resize: neither commutes with it exactly, and
+  neither does a flip with the OD API's (``align_corners=False``) bilinear resize;
 * one ``tf.data`` map runs parse-to-padding in parallel (``AUTOTUNE``; the OD API's runs
   ``map_with_legacy_function``), and batches are prefetched.
 """
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import tfod.compat  # noqa: F401  (before object_detection)
 from tfod.data import records
+from tfod.train import augment
 from tfod.train.odapi import TrainError
 
 HASH_KEY = "hash"  # features: the source id hashed to an int32, the evaluator's image key
@@ -179,24 +188,33 @@ class _Transform:
             raise TrainError("tfod's records hold instance masks as PNGs: set mask_type: "
                              "PNG_MASKS")
         self.augmentations = [preprocessor_builder.build(step) for step in augmentations]
-        names = {step.WhichOneof("preprocessing_step") for step in augmentations}
+        names = [step.WhichOneof("preprocessing_step") for step in augmentations]
         fixed = resizer_config.WhichOneof("image_resizer_oneof") == "fixed_shape_resizer"
-        self.grayscale = grayscale and names <= CHANNELWISE_AUGMENTATIONS and not (
+        self.grayscale = grayscale and set(names) <= CHANNELWISE_AUGMENTATIONS and not (
             fixed and resizer_config.fixed_shape_resizer.convert_to_grayscale)
         self.resize_first = fixed  # the model's resize to the same size is the identity
         self.retain_original = retain_original
         self.include_source_id = reader.include_source_id
+        # flips and crops decided before decoding (see tfod.train.augment)
+        self.window_first = (self.grayscale and fixed and not self.load_masks
+                             and not retain_original and augment.supported(names))
 
     def __call__(self, serialized):
+        import tensorflow as tf
         from object_detection.core import standard_fields as fields
+        from object_detection.utils import ops as util_ops
 
-        decoded = self.decode(serialized)
-        image = decoded.pop("image")
-        spatial_shape = decoded.pop("spatial_shape")
-        source_id = decoded.pop("source_id")
-        original = (self.to_model_channels(self.resize(image)[0]) if self.retain_original
-                    else None)
-        image, groundtruth = self.augment(image, decoded)
+        parsed = self.parse(serialized)
+        encoded = parsed.pop("encoded")
+        source_id = parsed.pop("source_id")
+        groundtruth = util_ops.filter_unrecognized_classes(
+            util_ops.filter_groundtruth_with_nan_box_coordinates(parsed))
+        if self.window_first:
+            image, spatial_shape, groundtruth = self.decode_augmented(encoded, groundtruth)
+            original = None
+        else:
+            image, spatial_shape, groundtruth, original = self.decode_then_augment(
+                encoded, groundtruth)
         image, true_shape, groundtruth = self.preprocess(image, groundtruth)
         features = {fields.InputDataFields.image: image,
                     HASH_KEY: _hash(source_id),
@@ -205,14 +223,12 @@ class _Transform:
         if self.include_source_id:
             features[fields.InputDataFields.source_id] = source_id
         if original is not None:
-            import tensorflow as tf
-
             features[fields.InputDataFields.original_image] = tf.cast(original, tf.uint8)
         return self.pad(features, self.labels(groundtruth))
 
-    def decode(self, serialized) -> dict:
-        """Image (uint8, one or three channels), its ``[height, width]``, source id, boxes,
-        classes, weights (1) and, with ``load_instance_masks``, masks."""
+    def parse(self, serialized) -> dict:
+        """The encoded image, source id, boxes, classes, weights (1) and, with
+        ``load_instance_masks``, the masks' PNGs (decoded after the boxes are filtered)."""
         import tensorflow as tf
         from object_detection.core import standard_fields as fields
 
@@ -225,34 +241,70 @@ class _Transform:
         parsed = tf.io.parse_single_example(serialized, spec)
         dense = {key: tf.sparse.to_dense(value) for key, value in parsed.items()
                  if isinstance(value, tf.SparseTensor)}
-        image = tf.io.decode_image(parsed[records.IMAGE_KEY], channels=0 if self.grayscale else 3,
+        boxes = tf.stack([dense[key] for key in records.BOX_KEYS], axis=1)
+        parsed = {"encoded": parsed[records.IMAGE_KEY],
+                  "source_id": parsed[records.SOURCE_ID_KEY],
+                  fields.InputDataFields.groundtruth_boxes: boxes,
+                  fields.InputDataFields.groundtruth_classes: dense[records.CLASS_LABEL_KEY],
+                  fields.InputDataFields.groundtruth_weights: tf.ones_like(boxes[:, 0])}
+        if self.load_masks:
+            parsed[fields.InputDataFields.groundtruth_instance_masks] = dense[records.MASK_KEY]
+        return parsed
+
+    def decode(self, encoded):
+        """The image (uint8, one or three channels)."""
+        import tensorflow as tf
+
+        image = tf.io.decode_image(encoded, channels=0 if self.grayscale else 3,
                                    expand_animations=False)
+        return self.checked_channels(image)
+
+    def checked_channels(self, image):
+        import tensorflow as tf
+
         if self.grayscale:
             tf.debugging.assert_equal(tf.shape(image)[2], 1, message=(
                 "tfod: a colour image among grayscale records (the first image of the records "
                 "decides); convert them all alike"))
-        image = tf.ensure_shape(image, [None, None, 1 if self.grayscale else 3])
-        boxes = tf.stack([dense[key] for key in records.BOX_KEYS], axis=1)
-        decoded = {"image": image, "spatial_shape": tf.shape(image)[:2],
-                   "source_id": parsed[records.SOURCE_ID_KEY],
-                   fields.InputDataFields.groundtruth_boxes: boxes,
-                   fields.InputDataFields.groundtruth_classes: dense[records.CLASS_LABEL_KEY],
-                   fields.InputDataFields.groundtruth_weights: tf.ones_like(boxes[:, 0])}
-        if self.load_masks:
-            decoded[fields.InputDataFields.groundtruth_instance_masks] = _decode_masks(
-                dense[records.MASK_KEY], tf.shape(image)[:2])
-        return decoded
+        return tf.ensure_shape(image, [None, None, 1 if self.grayscale else 3])
+
+    def decode_then_augment(self, encoded, groundtruth: dict):
+        """The whole image decoded, then augmented by ``core.preprocessor``: the float image,
+        the decoded ``[height, width]``, ``groundtruth`` (masks decoded) and, with
+        ``retain_original``, the original image at the model's size (else None)."""
+        import tensorflow as tf
+        from object_detection.core import standard_fields as fields
+
+        image = self.decode(encoded)
+        spatial_shape = tf.shape(image)[:2]
+        masks_key = fields.InputDataFields.groundtruth_instance_masks
+        if masks_key in groundtruth:
+            groundtruth[masks_key] = _decode_masks(groundtruth[masks_key], spatial_shape)
+        original = (self.to_model_channels(self.resize(image)[0]) if self.retain_original
+                    else None)
+        image, groundtruth = self.augment(image, groundtruth)
+        return image, spatial_shape, groundtruth, original
+
+    def decode_augmented(self, encoded, groundtruth: dict):
+        """The float window of the image that the flips and crops keep (a JPEG's alone
+        decoded), mirrored if flipped, with brightness and contrast changed; the image's
+        ``[height, width]``; ``groundtruth`` in the window's frame (see :mod:`.augment`)."""
+        import tensorflow as tf
+
+        size = tf.cond(tf.io.is_jpeg(encoded), lambda: tf.io.extract_jpeg_shape(encoded)[:2],
+                       lambda: tf.shape(self.decode(encoded))[:2])
+        window, groundtruth = augment.sample_window(self.augmentations, size, groundtruth)
+        image = self.checked_channels(augment.decode_window(encoded, window, self.decode))
+        image = augment.mirrored(image, window.flipped)
+        return augment.adjust_pixels(self.augmentations, image), size, groundtruth
 
     def augment(self, image, groundtruth: dict):
         """The config's augmentations (``core.preprocessor``) on the float image and ground
-        truth; boxes with a NaN coordinate or an unknown class (-1) dropped first."""
+        truth."""
         import tensorflow as tf
         from object_detection.core import preprocessor
         from object_detection.core import standard_fields as fields
-        from object_detection.utils import ops as util_ops
 
-        groundtruth = util_ops.filter_unrecognized_classes(
-            util_ops.filter_groundtruth_with_nan_box_coordinates(groundtruth))
         image = tf.cast(image, tf.float32)
         if not self.augmentations:
             return image, groundtruth
