@@ -82,24 +82,32 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="session")
-def trained_run(converted_sample, tmp_path_factory):
-    """A tiny SSD (128 px, batch 2) trained 15 steps on fold 1 of the converted sample, with
-    checkpoints every 5 steps, each scored by the evaluator (run in turn, not beside it)."""
+def tiny_run(folder: Path, model: str, converted: Path, roles=("train", "eval"),
+             checkpoint_every: int = TRAINED_CHECKPOINT_EVERY, **options):
+    """A run of ``model`` evaluated on fold 0 of ``converted`` (``options``: ``build_config``'s,
+    e.g. ``image_size``, ``batch_size``, ``num_steps``), prepared as the launcher prepares it,
+    then its trainer and its evaluator (``roles``) run in turn (not beside each other)."""
     from tfod.config import pipeline as configs
     from tfod.runfolder import RunFolder
 
-    run = RunFolder(tmp_path_factory.mktemp("trained") / "run").create()
-    configs.build_config("ssd_mobilenet_v2", converted_sample, 0, run.pipeline_config,
-                         image_size=128, batch_size=2, num_steps=TRAINED_STEPS)
-    prepare_run(run, run.pipeline_config, checkpoint_every=TRAINED_CHECKPOINT_EVERY,
-                log_every=5, trainer_timeout=30, eval_poll_seconds=1)
-    for role in ("train", "eval"):
+    run = RunFolder(folder).create()
+    configs.build_config(model, converted, 0, run.pipeline_config, **options)
+    prepare_run(run, run.pipeline_config, checkpoint_every=checkpoint_every, log_every=5,
+                trainer_timeout=30, eval_poll_seconds=1)
+    for role in roles:
         done = subprocess.run([sys.executable, "-m", "tfod.train", role, f"--run_dir={run.root}"],
                               cwd=REPO, env=TOOL_ENV, capture_output=True, text=True,
                               timeout=1800)
         assert done.returncode == 0, done.stderr[-3000:]
     return run
+
+
+@pytest.fixture(scope="session")
+def trained_run(converted_sample, tmp_path_factory):
+    """A tiny SSD (128 px, batch 2) trained 15 steps on fold 1 of the converted sample, with
+    checkpoints every 5 steps, each scored by the evaluator (run in turn, not beside it)."""
+    return tiny_run(tmp_path_factory.mktemp("trained") / "run", "ssd_mobilenet_v2",
+                    converted_sample, image_size=128, batch_size=2, num_steps=TRAINED_STEPS)
 
 
 @pytest.fixture(scope="session")
