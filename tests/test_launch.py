@@ -231,6 +231,9 @@ FAKE_TRAINER = textwrap.dedent("""
     counter = os.path.join(run_dir, "starts")
     starts = int(open(counter).read()) if os.path.exists(counter) else 0
     open(counter, "w").write(str(starts + 1))
+    print("E0000 00:00:1796225894.671307   18905 cuda_platform.cc:52] failed call to cuInit: "
+          "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)", flush=True)
+    print("ValueError: a fake error", flush=True)
     json.dump({"state": "running", "step": 50, "target": 100, "seconds_per_step": 0.2},
               open(os.path.join(run_dir, "train_status.json"), "w"))
     code = int(plan[min(starts, len(plan) - 1)])
@@ -268,6 +271,9 @@ def test_supervisor_restarts_a_crashed_trainer(tmp_path):
     assert run.train_log.read_text().count("=== tfod launcher: train start") == 3
     assert any("restarting it (1/2)" in line for line in lines)
     assert "[train] step 50/100, 0.200 s/step, ETA 0m10s" in lines
+    assert "[train] ValueError: a fake error" in lines  # errors are echoed
+    assert not [line for line in lines if line.startswith("[train] E0000")]  # native log lines
+    assert "cuInit" in run.train_log.read_text()  # stay in the log (and its tail on a crash)
 
 
 def test_supervisor_gives_up_after_max_restarts_and_reports_last_lines(tmp_path):

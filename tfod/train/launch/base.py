@@ -53,6 +53,9 @@ from tfod.train.settings import TrainSettings
 
 ECHOED = {TRAIN: r"Traceback|Error|error:", EVAL: r"^\[tfod |Traceback|Error|error:",
           TENSORBOARD: r"Traceback|Error|error:|TensorBoard \S+ at "}
+# TensorFlow's native log lines below FATAL (e.g. "E0000 00:00:1796225894.671307 ...
+# failed call to cuInit" on a machine without a GPU) stay in the role's log file, unechoed.
+NATIVE_LOG_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")
 TAIL_LINES = 25
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -292,7 +295,7 @@ class Launcher:
               progress: ProgressFromHeartbeat) -> None:
         for role, follower in followers.items():
             for line in follower.new_lines():
-                if echoed[role].search(line):
+                if echoed[role].search(line) and not NATIVE_LOG_LINE.match(line):
                     self.echo(f"[{role}] {line}")
         if line := progress.line():
             self.echo(f"[{TRAIN}] {line}")
